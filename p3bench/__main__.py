@@ -1,0 +1,4 @@
+from p3bench.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Dataset adapters: raw records (hub id or local files) -> standard :class:`Example` splits."""
+
+import inspect
+
+from p3bench.data.example import DatasetSplits, Example
+from p3bench.errors import ConfigError
+from p3bench.registry import Registry, closest
+
+DATASETS: Registry = Registry("dataset")
+DATASETS.register_lazy("synthetic_math", "p3bench.data.synthetic_math:load_synthetic_math")
+DATASETS.register_lazy("math", "p3bench.data.math:load_math")
+DATASETS.register_lazy("gsm8k", "p3bench.data.gsm8k:load_gsm8k")
+
+
+def load_dataset_splits(name: str, **params) -> DatasetSplits:
+    """Build the named dataset's splits from its config ``params``; an unknown key is a one-line error."""
+    loader = DATASETS.get(name)
+    accepted = [p for p in inspect.signature(loader).parameters if p not in ("self",)]
+    for key in params:
+        if key not in accepted:
+            hint = closest(key, accepted)
+            suggestion = f"; did you mean {hint!r}?" if hint else ""
+            raise ConfigError(
+                f"dataset.params.{key} is not a parameter of dataset {name!r}: expected one of "
+                f"{', '.join(accepted)}{suggestion}"
+            )
+    return loader(**params)
+
+
+__all__ = ["DATASETS", "DatasetSplits", "Example", "load_dataset_splits"]

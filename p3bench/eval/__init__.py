@@ -1,0 +1,1 @@
+"""Evaluation: answer extraction and checking (``p3bench.eval.answers``) and the evaluator registry there."""

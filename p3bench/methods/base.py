@@ -1,0 +1,283 @@
+"""The contract every selection method implements: a LightningDataModule that owns the pool and the budget
+and decides what the trainer sees, in which round, and with what weight.
+
+- Static methods select once, in ``setup``, with the initial model available in the context.
+- Dynamic methods set ``reselect_every_n_epochs``; the run's Trainer then reloads the train dataloader on
+  that schedule and ``select`` is called again with the current model (P3, multi-agent selection).
+- In-batch reweighting methods override ``reweight`` (IR-DRO, MidRanking): it receives the detached
+  per-example losses of a batch and returns the coefficients of the training loss.
+- Methods that need a target set (DELIFT) read ``self.target`` (the validation split by default).
+- The selection history (every round's ids, weights, scores) and ``method_state`` are in ``state_dict``,
+  so a run resumed from a checkpoint continues with the same selection state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from p3bench.data.example import DatasetSplits, Example
+from p3bench.methods.budget import resolve_budget
+from p3bench.models.collate import (
+    EncodedPool,
+    EncodedSubset,
+    ExampleRefs,
+    GenerationCollator,
+    TrainCollator,
+    encode_examples,
+)
+from p3bench.models.sampler import LengthGroupedBatchSampler
+from p3bench.utils.hashing import ids_sha256
+
+
+@dataclass
+class Selection:
+    """What ``select`` returns: the chosen pool ids, optional per-example weights and scores, diagnostics,
+    and the forward tokens the selection spent looking at examples through a model."""
+
+    ids: list[str]
+    weights: list[float] | None = None
+    scores: list[float] | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    forward_tokens: int = 0
+
+
+@dataclass
+class SelectionContext:
+    """What a method may look at when it selects: the current model (a :class:`SelectionLM`, or None when
+    the datamodule is used outside a Trainer), the round and training progress, a seeded RNG, the cache."""
+
+    round: int
+    epoch: int
+    global_step: int
+    rng: np.random.Generator
+    module: Any | None
+    cache_dir: Path | None
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    epoch: int
+    global_step: int
+    ids: list[str]
+    weights: list[float] | None
+    scores: list[float] | None
+    diagnostics: dict[str, Any]
+    forward_tokens: int
+    seconds: float
+
+    @property
+    def ids_sha256(self) -> str:
+        return ids_sha256(self.ids)
+
+
+class SelectionDataModule(pl.LightningDataModule):
+    """Base class of every selection method. Subclasses implement :meth:`select`."""
+
+    name: ClassVar[str] = "base"
+    #: False for methods that ignore the budget (``full``); the selection size is then not checked.
+    uses_budget: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        splits: DatasetSplits,
+        tokenizer: PreTrainedTokenizerBase,
+        budget: float | int = 1.0,
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        max_length: int = 512,
+        target_split: str = "validation",
+        reselect_every_n_epochs: int = 0,
+        length_grouping: int = 50,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.splits = splits
+        self.tokenizer = tokenizer
+        self.pool: list[Example] = splits.train
+        self.budget = budget
+        self.budget_size = resolve_budget(budget, len(self.pool)) if self.uses_budget else len(self.pool)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.max_length = int(max_length)
+        self.target: list[Example] = getattr(splits, target_split)
+        self.reselect_every_n_epochs = int(reselect_every_n_epochs)
+        self.length_grouping = int(length_grouping)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.index_of = {ex.id: i for i, ex in enumerate(self.pool)}
+        if len(self.index_of) != len(self.pool):
+            raise ValueError(f"dataset {splits.name!r} has duplicate example ids in its train split")
+        self.rounds: list[RoundRecord] = []
+        self._encoded: dict[str, EncodedPool] = {}
+
+    # what subclasses implement ------------------------------------------------------------------------------
+    def select(self, ctx: SelectionContext) -> Selection:
+        raise NotImplementedError
+
+    def reweight(self, losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Coefficients of the per-example losses in the training loss (default: weighted mean)."""
+        return batch["weight"] / batch["weight"].numel()
+
+    def method_state(self) -> dict[str, Any]:
+        """Extra selection state to checkpoint (pace threshold, agent weights, ...)."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`method_state` returned."""
+
+    # encoded splits ------------------------------------------------------------------------------------------
+    @property
+    def is_dynamic(self) -> bool:
+        return self.reselect_every_n_epochs > 0
+
+    def encoded(self, split: str) -> EncodedPool:
+        if split not in self._encoded:
+            self._encoded[split] = encode_examples(getattr(self.splits, split), self.tokenizer)
+        return self._encoded[split]
+
+    def examples(self, split: str) -> list[Example]:
+        return getattr(self.splits, split)
+
+    # selection rounds ----------------------------------------------------------------------------------------
+    def context(self, round_index: int) -> SelectionContext:
+        trainer = self.trainer
+        return SelectionContext(
+            round=round_index,
+            epoch=trainer.current_epoch if trainer is not None else 0,
+            global_step=trainer.global_step if trainer is not None else 0,
+            rng=np.random.default_rng([self.seed, round_index]),
+            module=trainer.lightning_module if trainer is not None else None,
+            cache_dir=self.cache_dir,
+        )
+
+    def run_selection(self, round_index: int) -> RoundRecord:
+        """Select for ``round_index`` (or return the record if that round was already selected)."""
+        for record in self.rounds:
+            if record.round == round_index:
+                return record
+        ctx = self.context(round_index)
+        module = ctx.module
+        was_training = module.training if module is not None else False
+        start = time.perf_counter()
+        try:
+            selection = self.select(ctx)
+        finally:
+            if module is not None:
+                module.train(was_training)
+        seconds = time.perf_counter() - start
+        self._check(selection)
+        record = RoundRecord(
+            round=round_index,
+            epoch=ctx.epoch,
+            global_step=ctx.global_step,
+            ids=list(selection.ids),
+            weights=None if selection.weights is None else [float(w) for w in selection.weights],
+            scores=None if selection.scores is None else [float(s) for s in selection.scores],
+            diagnostics=dict(selection.diagnostics),
+            forward_tokens=int(selection.forward_tokens),
+            seconds=seconds,
+        )
+        self.rounds.append(record)
+        return record
+
+    def _check(self, selection: Selection) -> None:
+        n = len(selection.ids)
+        if n == 0:
+            raise RuntimeError(f"method {self.name!r} selected no examples")
+        if len(set(selection.ids)) != n:
+            raise RuntimeError(f"method {self.name!r} selected duplicate ids")
+        unknown = [i for i in selection.ids[:5] if i not in self.index_of]
+        if any(i not in self.index_of for i in selection.ids):
+            raise RuntimeError(f"method {self.name!r} selected ids not in the pool, e.g. {unknown}")
+        if self.uses_budget and n > self.budget_size:
+            raise RuntimeError(
+                f"method {self.name!r} selected {n} examples, over its budget of {self.budget_size}"
+            )
+        for label, values in (("weights", selection.weights), ("scores", selection.scores)):
+            if values is not None and len(values) != n:
+                raise RuntimeError(f"method {self.name!r} returned {len(values)} {label} for {n} ids")
+        if selection.weights is not None:
+            weights = np.asarray(selection.weights, dtype=float)
+            if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise RuntimeError(f"method {self.name!r} returned negative or non-finite weights")
+
+    def current_round(self) -> RoundRecord:
+        if not self.rounds:
+            return self.run_selection(0)
+        if self.is_dynamic and self.trainer is not None:
+            return self.run_selection(self.trainer.current_epoch // self.reselect_every_n_epochs)
+        return self.rounds[-1]
+
+    # Lightning hooks -----------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and not self.is_dynamic and not self.rounds:
+            self.run_selection(0)
+
+    def train_dataloader(self) -> DataLoader:
+        record = self.current_round()
+        indices = [self.index_of[i] for i in record.ids]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + record.round)
+        encoded = self.encoded("train")
+        lengths = [encoded.num_tokens(i, self.max_length) for i in indices]
+        return DataLoader(
+            EncodedSubset(encoded, indices, record.weights),
+            batch_sampler=LengthGroupedBatchSampler(
+                lengths, self.batch_size, generator, self.length_grouping
+            ),
+            num_workers=self.num_workers,
+            collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        encoded = self.encoded("validation")
+        return DataLoader(
+            EncodedSubset(encoded, range(len(encoded))),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        encoded = self.encoded("test")
+        examples = self.examples("test")
+        collate = GenerationCollator(self.tokenizer.pad_token_id, self.max_length)
+
+        def collate_with_examples(items: list[dict[str, Any]]) -> dict[str, Any]:
+            batch: dict[str, Any] = collate(items)
+            batch["examples"] = ExampleRefs([examples[item["index"]] for item in items])
+            return batch
+
+        return DataLoader(
+            EncodedSubset(encoded, range(len(encoded))),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_with_examples,
+        )
+
+    # checkpointed state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": [asdict(r) for r in self.rounds], "method_state": self.method_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rounds = [RoundRecord(**r) for r in state_dict.get("rounds", [])]
+        self.load_method_state(state_dict.get("method_state", {}))
+
+    # summaries -----------------------------------------------------------------------------------------------
+    def selected_examples(self, rounds: Sequence[RoundRecord] | None = None) -> list[Example]:
+        """The distinct pool examples trained on in ``rounds`` (all rounds by default), in pool order."""
+        chosen = {i for r in (self.rounds if rounds is None else rounds) for i in r.ids}
+        return [ex for ex in self.pool if ex.id in chosen]

@@ -1,0 +1,1 @@
+"""The LightningModule, model and tokenizer factories, and the batch collator."""

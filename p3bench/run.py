@@ -1,0 +1,246 @@
+"""One run: compose -> select -> train -> evaluate -> write results. Reads top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from p3bench.callbacks import TokenBudget
+from p3bench.data import load_dataset_splits
+from p3bench.errors import ConfigError
+from p3bench.eval.answers import EVALUATORS
+from p3bench.methods import METHODS
+from p3bench.methods.base import SelectionDataModule
+from p3bench.models.factory import build_causal_lm, build_tokenizer
+from p3bench.models.module import SelectionLM
+from p3bench.results import (
+    SCHEMA_VERSION,
+    package_versions,
+    selection_rows,
+    selection_summary,
+    write_run_files,
+)
+
+log = logging.getLogger(__name__)
+
+REGIMES = ("iso_epoch", "iso_compute")
+
+
+def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the composed config end to end and return the results dictionary written to results.json."""
+    started = datetime.now(timezone.utc)
+    wall_start = time.perf_counter()
+    if cfg.regime not in REGIMES:
+        raise ConfigError(f"regime={cfg.regime!r} is not supported: expected one of {', '.join(REGIMES)}")
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    splits = load_dataset_splits(cfg.dataset.name, **OmegaConf.to_container(cfg.dataset.params, resolve=True))
+    evaluator = EVALUATORS.get(cfg.dataset.evaluator)
+    method_cfg: dict[str, Any] = OmegaConf.to_container(cfg.method, resolve=True)
+    method_cls = METHODS.get(method_cfg.pop("name"))
+    tokenizer = build_tokenizer(
+        cfg.model.tokenizer, [ex.prompt + ex.target for ex in splits.train], cfg.paths.cache_dir, cfg.offline
+    )
+    datamodule: SelectionDataModule = method_cls(
+        splits=splits,
+        tokenizer=tokenizer,
+        budget=cfg.budget,
+        seed=int(cfg.seed),
+        batch_size=cfg.loader.batch_size,
+        eval_batch_size=cfg.loader.eval_batch_size,
+        num_workers=cfg.loader.num_workers,
+        length_grouping=cfg.loader.length_grouping,
+        max_length=cfg.dataset.max_length,
+        cache_dir=cfg.paths.cache_dir,
+        **method_cfg,
+    )
+    model = build_causal_lm(cfg.model, tokenizer, cfg.offline)
+    module = SelectionLM(
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=cfg.model.scheduler,
+        evaluator=evaluator,
+        max_new_tokens=cfg.dataset.max_new_tokens,
+    )
+
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    if ckpt_path is not None:
+        restore_selection_state(datamodule, ckpt_path)
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    trainer_overrides: dict[str, Any] = {
+        "reload_dataloaders_every_n_epochs": datamodule.reselect_every_n_epochs
+    }
+    target_tokens = None
+    if cfg.regime == "iso_compute":
+        pool = datamodule.encoded("train")
+        full_pool_tokens = sum(pool.num_tokens(i, datamodule.max_length) for i in range(len(pool)))
+        target_tokens = int(cfg.trainer.max_epochs) * full_pool_tokens
+        callbacks.append(TokenBudget(target_tokens))
+        trainer_overrides["max_epochs"] = -1
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        fit_start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_seconds = time.perf_counter() - fit_start
+        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        test_metrics: dict[str, float] = {}
+        eval_seconds = 0.0
+        if cfg.test and not trainer.interrupted:
+            eval_start = time.perf_counter()
+            test_metrics = {
+                k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()
+            }
+            eval_seconds = time.perf_counter() - eval_start
+        results = build_results(
+            cfg,
+            datamodule,
+            module,
+            trainer,
+            started,
+            wall_start,
+            fit_seconds,
+            eval_seconds,
+            {**fit_metrics, **test_metrics},
+            target_tokens,
+        )
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items()})
+            write_run_files(output_dir, results, selection_rows(datamodule), module.test_records)
+            print_summary(results, output_dir)
+    finally:
+        close_loggers(trainer.loggers)
+    return results
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run directory's last checkpoint; any other value must be an existing file."""
+    if ckpt_path in (None, ""):
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: no checkpoint at {path} (expected a .ckpt file or 'last')"
+        )
+    return str(path)
+
+
+def restore_selection_state(datamodule: SelectionDataModule, ckpt_path: str) -> None:
+    """Load the selection state before fitting, so a static method does not select again in ``setup``."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state is not None:
+        datamodule.load_state_dict(state)
+
+
+def build_results(
+    cfg: DictConfig,
+    datamodule: SelectionDataModule,
+    module: SelectionLM,
+    trainer: pl.Trainer,
+    started: datetime,
+    wall_start: float,
+    fit_seconds: float,
+    eval_seconds: float,
+    metrics: dict[str, float],
+    target_tokens: int | None,
+) -> dict[str, Any]:
+    selection = selection_summary(datamodule)
+    selection_seconds = sum(r["seconds"] for r in selection["rounds"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "ok",
+        "run": {
+            "experiment": cfg.experiment_name,
+            "method": cfg.method.name,
+            "dataset": cfg.dataset.name,
+            "model": cfg.model.name,
+            "budget": cfg.budget,
+            "seed": int(cfg.seed),
+            "regime": cfg.regime,
+            "output_dir": str(cfg.paths.output_dir),
+            "command": " ".join(sys.argv),
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+        },
+        "dataset": {
+            "name": datamodule.splits.name,
+            "task": datamodule.splits.task,
+            "sizes": {split: len(getattr(datamodule.splits, split)) for split in ("train", "validation", "test")},
+            "info": datamodule.splits.info,
+        },
+        "selection": selection,
+        "metrics": dict(sorted(metrics.items())),
+        "compute": {
+            "regime": cfg.regime,
+            "target_train_tokens": target_tokens,
+            "train_tokens": module.train_tokens,
+            "train_target_tokens": module.train_target_tokens,
+            "train_examples_seen": module.train_examples,
+            "optimizer_steps": int(trainer.global_step),
+            "epochs_completed": int(trainer.current_epoch),
+            "selection_forward_tokens": sum(r["forward_tokens"] for r in selection["rounds"]),
+            "seconds": {
+                "selection": round(selection_seconds, 3),
+                "train": round(max(0.0, fit_seconds - selection_seconds), 3),
+                "eval": round(eval_seconds, 3),
+                "total": round(time.perf_counter() - wall_start, 3),
+            },
+            "device": str(module.device),
+            "world_size": int(trainer.world_size),
+        },
+        "versions": package_versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def print_summary(results: dict[str, Any], output_dir: Path) -> None:
+    run, sel, metrics, compute = results["run"], results["selection"], results["metrics"], results["compute"]
+    levels = sorted(k for k in metrics if k.startswith("test/accuracy_level_"))
+    header = ["method", "budget", "examples", "train tokens", "test acc"] + [
+        k.rsplit("_", 1)[-1] for k in levels
+    ]
+    header.append("time (s)")
+    acc = metrics.get("test/accuracy")
+    row = [
+        run["method"],
+        str(run["budget"]),
+        str(sel["n_selected"]),
+        str(compute["train_tokens"]),
+        "-" if acc is None else f"{acc:.3f}",
+        *[f"{metrics[k]:.3f}" for k in levels],
+        f"{compute['seconds']['total']:.0f}",
+    ]
+    widths = [max(len(h), len(c)) for h, c in zip(header, row, strict=True)]
+    print()
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print(f"(per-level columns are test accuracy by difficulty level)\nrun directory: {output_dir}")
+
+
+def close_loggers(loggers: list[Any]) -> None:
+    """Always finish wandb runs, also when a sweep job fails, so the next job starts clean."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()

@@ -1,0 +1,173 @@
+"""The command line as a user meets it: real subprocesses, real run directories, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import find_run_dirs, read_results, run_cli
+
+SMOKE = ["debug=smoke", "hydra.run.dir=run"]
+
+
+@pytest.mark.slow
+def test_default_pipeline_end_to_end(tmp_path: Path, cache_dir: Path):
+    done = run_cli([*SMOKE, "trainer.max_epochs=2"], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    results = read_results(run_dir)
+    assert results["schema_version"] == 1 and results["status"] == "ok"
+    assert results["run"]["method"] == "random" and results["run"]["budget"] == 0.3
+    selection = results["selection"]
+    assert selection["pool_size"] == 400 and selection["n_selected"] == 120
+    assert results["compute"]["train_tokens"] > 0 and results["compute"]["epochs_completed"] == 2
+    metrics = results["metrics"]
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["test/n_examples"] == 40
+    assert {f"test/accuracy_level_{k}" for k in range(1, 6)} <= set(metrics)
+    assert "val/loss" in metrics and "train/loss" in metrics
+    rows = [json.loads(line) for line in (run_dir / "selection.jsonl").read_text().splitlines()]
+    assert len(rows) == 120 and {r["round"] for r in rows} == {0}
+    predictions = (run_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 40
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert "test acc" in done.stdout and str(run_dir.name) in done.stdout
+
+
+@pytest.mark.slow
+def test_same_seed_same_selection_different_seed_different(tmp_path: Path, cache_dir: Path):
+    hashes = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        done = run_cli(
+            [
+                "debug=smoke",
+                f"hydra.run.dir={name}",
+                f"seed={seed}",
+                "test=false",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+            ],
+            tmp_path,
+            cache_dir,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        hashes[name] = read_results(tmp_path / name)["selection"]["ids_sha256"]
+    assert hashes["a"] == hashes["b"] != hashes["c"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_job_even_when_one_fails(tmp_path: Path, cache_dir: Path):
+    done = run_cli(
+        [
+            "-m",
+            "debug=smoke",
+            "hydra.sweep.dir=sweep",
+            "budget=0.5,1.5,0.2",
+            "test=false",
+            "trainer.limit_val_batches=1",
+        ],
+        tmp_path,
+        cache_dir,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    assert "budget=1.5 is out of range" in done.stderr
+    finished = {
+        read_results(d)["run"]["budget"]
+        for d in find_run_dirs(tmp_path / "sweep")
+        if (d / "results.json").exists()
+    }
+    assert finished == {0.5, 0.2}
+    assert len(find_run_dirs(tmp_path / "sweep")) == 3
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_keeps_the_selection(tmp_path: Path, cache_dir: Path):
+    args = ["debug=smoke", "hydra.run.dir=run", "test=false"]
+    first = run_cli(args, tmp_path, cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = read_results(tmp_path / "run")
+    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_results(tmp_path / "run")
+    assert after["selection"]["ids_sha256"] == before["selection"]["ids_sha256"]
+    assert [r["round"] for r in after["selection"]["rounds"]] == [0]
+    assert after["compute"]["epochs_completed"] == 2
+    assert after["compute"]["train_tokens"] > before["compute"]["train_tokens"]
+
+
+BAD_INPUTS = [
+    (["method=randm"], "unknown method config 'randm'", "did you mean 'random'"),
+    (["dataset=mathh"], "unknown dataset config 'mathh'", "did you mean 'math'"),
+    (["model=tinyy"], "unknown model config 'tinyy'", "did you mean 'tiny'"),
+    (["method.name=randomm"], "unknown method 'randomm'", "did you mean 'random'"),
+    (["budget=0"], "budget=0 is out of range", "expected"),
+    (["budget=-0.1"], "budget=-0.1 is out of range", "expected"),
+    (["budget=1.5"], "budget=1.5 is out of range", "expected a fraction in (0, 1]"),
+    (["budget=401"], "budget=401 exceeds the pool size 400", "expected a count <= 400"),
+    (["regime=iso_tokens"], "regime='iso_tokens' is not supported", "iso_epoch, iso_compute"),
+    (
+        ["model=hf", "model.name_or_path=no-such-org/no-such-model"],
+        "'no-such-org/no-such-model' cannot be loaded",
+        "offline",
+    ),
+    (["ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt'", "expected a .ckpt file"),
+]
+
+
+@pytest.mark.parametrize(("args", "names_value", "expects"), BAD_INPUTS, ids=lambda v: str(v)[:30])
+def test_bad_input_is_one_line_nonzero_and_writes_no_results(args, names_value, expects, tmp_path, cache_dir):
+    done = run_cli([*SMOKE, *args], tmp_path, cache_dir)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("p3bench: error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert names_value in errors[0] and expects in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+GSM8K_SMOKE = ["dataset=gsm8k", "dataset.params.val_size=2", "dataset.params.test_size=2", "dataset.max_length=64",
+               "dataset.max_new_tokens=4", "model.tokenizer.vocab_size=300", "trainer.limit_train_batches=1"]
+
+
+def write_gsm8k_file(path: Path, bad_line: str | None) -> Path:
+    rows = [json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"})
+            for i in range(30)]
+    if bad_line is not None:
+        rows.insert(1, bad_line)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "expected"),
+    [('{"question": "no answer here"}', "line 2: record is missing required field 'answer'"),
+     ('{"question": "broken", ', "line 2")],
+)
+def test_malformed_local_file_names_file_and_line(bad_line, expected, tmp_path: Path, cache_dir: Path):
+    data = write_gsm8k_file(tmp_path / "train.jsonl", bad_line)
+    done = run_cli([*SMOKE, *GSM8K_SMOKE, f"dataset.params.data_files={data}"], tmp_path, cache_dir)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("p3bench: error:")]
+    assert len(errors) == 1 and str(data) in errors[0] and expected in errors[0], done.stderr[-2000:]
+    assert not list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.slow
+def test_skip_bad_records_skips_and_counts(tmp_path: Path, cache_dir: Path):
+    data = write_gsm8k_file(tmp_path / "train.jsonl", '{"question": "no answer here"}')
+    args = [*SMOKE, *GSM8K_SMOKE, f"dataset.params.data_files={data}", "dataset.params.skip_bad=true", "test=false"]
+    done = run_cli(args, tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_results(tmp_path / "run")
+    assert results["dataset"]["info"]["n_skipped"] == 1
+    assert sum(results["dataset"]["sizes"].values()) == 30
+
+
+def test_unknown_dataset_parameter_is_one_line(tmp_path: Path, cache_dir: Path):
+    done = run_cli([*SMOKE, "+dataset.params.n_trian=10"], tmp_path, cache_dir)
+    assert done.returncode != 0
+    assert "dataset.params.n_trian is not a parameter of dataset 'synthetic_math'" in done.stderr
+    assert "did you mean 'n_train'" in done.stderr

@@ -1,0 +1,60 @@
+"""Every config composes; configs and registries do not drift apart; every experiment runs under
+fast_dev_run through the real pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from p3bench.cli import CONFIG_DIR, group_choices
+from p3bench.data import DATASETS
+from p3bench.eval.answers import EVALUATORS
+from p3bench.methods import METHODS
+from p3bench.methods.base import SelectionDataModule
+from p3bench.run import train_and_evaluate
+
+from .conftest import SHARED_DATA, compose_config
+
+GROUPS = ["method", "dataset", "model", "trainer", "logger", "callbacks", "paths", "debug"]
+EXPERIMENTS = group_choices("experiment")
+EXTRA = {"hf": ["model.name_or_path=some/model"]}
+
+
+@pytest.mark.parametrize(("group", "choice"), [(g, c) for g in GROUPS for c in group_choices(g)])
+def test_every_config_composes(group: str, choice: str, tmp_path: Path, cache_dir: Path):
+    cfg = compose_config([f"{group}={choice}", *EXTRA.get(choice, [])], tmp_path, cache_dir)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment: str, tmp_path: Path, cache_dir: Path):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path, cache_dir)
+    assert cfg.experiment_name == experiment
+
+
+def test_method_configs_and_registry_match():
+    configured = {OmegaConf.load(CONFIG_DIR / "method" / f"{c}.yaml").name for c in group_choices("method")}
+    assert configured == set(METHODS.names())
+    for name in METHODS.names():
+        assert issubclass(METHODS.get(name), SelectionDataModule)
+        assert METHODS.get(name).name == name
+
+
+def test_dataset_configs_and_registries_match():
+    for choice in group_choices("dataset"):
+        cfg = OmegaConf.load(CONFIG_DIR / "dataset" / f"{choice}.yaml")
+        assert cfg.name == choice and cfg.name in DATASETS and cfg.evaluator in EVALUATORS
+    assert set(DATASETS.names()) == set(group_choices("dataset"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path, cache_dir: Path):
+    cfg = compose_config([f"experiment={experiment}", "debug=fdr"], tmp_path, cache_dir)
+    if cfg.dataset.name in ("math", "gsm8k") and not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    results = train_and_evaluate(cfg)
+    assert results["status"] == "ok"
+    assert (tmp_path / "results.json").is_file()
