@@ -34,7 +34,7 @@ class TokenBudget(pl.Callback):
         tokens_per_step = mean_tokens * datamodule.batch_size * max(1, trainer.accumulate_grad_batches)
         tokens_per_step *= max(1, trainer.world_size)
         self.estimated_steps = max(1, math.ceil(self.target_tokens / tokens_per_step))
-        trainer.fit_loop.max_steps = self.estimated_steps
+        trainer.fit_loop.epoch_loop.max_steps = self.estimated_steps
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int

@@ -184,7 +184,9 @@ def build_results(
         "dataset": {
             "name": datamodule.splits.name,
             "task": datamodule.splits.task,
-            "sizes": {split: len(getattr(datamodule.splits, split)) for split in ("train", "validation", "test")},
+            "sizes": {
+                split: len(getattr(datamodule.splits, split)) for split in ("train", "validation", "test")
+            },
             "info": datamodule.splits.info,
         },
         "selection": selection,

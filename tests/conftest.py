@@ -72,4 +72,5 @@ def read_results(run_dir: Path) -> dict:
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob(".hydra/config.yaml") if p.parent.parent.name != ".hydra")
+    """Run directories below ``root``: the folders holding a ``.hydra/config.yaml``."""
+    return sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))

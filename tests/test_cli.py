@@ -19,16 +19,16 @@ def test_default_pipeline_end_to_end(tmp_path: Path, cache_dir: Path):
     run_dir = tmp_path / "run"
     results = read_results(run_dir)
     assert results["schema_version"] == 1 and results["status"] == "ok"
-    assert results["run"]["method"] == "random" and results["run"]["budget"] == 0.3
+    assert results["run"]["method"] == "random" and results["run"]["budget"] == 0.5
     selection = results["selection"]
-    assert selection["pool_size"] == 400 and selection["n_selected"] == 120
+    assert selection["pool_size"] == 400 and selection["n_selected"] == 200
     assert results["compute"]["train_tokens"] > 0 and results["compute"]["epochs_completed"] == 2
     metrics = results["metrics"]
     assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["test/n_examples"] == 40
     assert {f"test/accuracy_level_{k}" for k in range(1, 6)} <= set(metrics)
     assert "val/loss" in metrics and "train/loss" in metrics
     rows = [json.loads(line) for line in (run_dir / "selection.jsonl").read_text().splitlines()]
-    assert len(rows) == 120 and {r["round"] for r in rows} == {0}
+    assert len(rows) == 200 and {r["round"] for r in rows} == {0}
     predictions = (run_dir / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 40
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -128,13 +128,22 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_results(args, names_value, 
     assert not list(tmp_path.rglob("results.json"))
 
 
-GSM8K_SMOKE = ["dataset=gsm8k", "dataset.params.val_size=2", "dataset.params.test_size=2", "dataset.max_length=64",
-               "dataset.max_new_tokens=4", "model.tokenizer.vocab_size=300", "trainer.limit_train_batches=1"]
+GSM8K_SMOKE = [
+    "dataset=gsm8k",
+    "dataset.params.val_size=2",
+    "dataset.params.test_size=2",
+    "dataset.max_length=64",
+    "dataset.max_new_tokens=4",
+    "model.tokenizer.vocab_size=300",
+    "trainer.limit_train_batches=1",
+]
 
 
 def write_gsm8k_file(path: Path, bad_line: str | None) -> Path:
-    rows = [json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"})
-            for i in range(30)]
+    rows = [
+        json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"})
+        for i in range(30)
+    ]
     if bad_line is not None:
         rows.insert(1, bad_line)
     path.write_text("\n".join(rows) + "\n")
@@ -143,12 +152,16 @@ def write_gsm8k_file(path: Path, bad_line: str | None) -> Path:
 
 @pytest.mark.parametrize(
     ("bad_line", "expected"),
-    [('{"question": "no answer here"}', "line 2: record is missing required field 'answer'"),
-     ('{"question": "broken", ', "line 2")],
+    [
+        ('{"question": "no answer here"}', "line 2: record is missing required field 'answer'"),
+        ('{"question": "broken", ', "line 2"),
+    ],
 )
 def test_malformed_local_file_names_file_and_line(bad_line, expected, tmp_path: Path, cache_dir: Path):
     data = write_gsm8k_file(tmp_path / "train.jsonl", bad_line)
-    done = run_cli([*SMOKE, *GSM8K_SMOKE, f"dataset.params.data_files={data}"], tmp_path, cache_dir)
+    done = run_cli(
+        ["hydra.run.dir=run", *GSM8K_SMOKE, f"dataset.params.data_files={data}"], tmp_path, cache_dir
+    )
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("p3bench: error:")]
     assert len(errors) == 1 and str(data) in errors[0] and expected in errors[0], done.stderr[-2000:]
@@ -158,7 +171,13 @@ def test_malformed_local_file_names_file_and_line(bad_line, expected, tmp_path: 
 @pytest.mark.slow
 def test_skip_bad_records_skips_and_counts(tmp_path: Path, cache_dir: Path):
     data = write_gsm8k_file(tmp_path / "train.jsonl", '{"question": "no answer here"}')
-    args = [*SMOKE, *GSM8K_SMOKE, f"dataset.params.data_files={data}", "dataset.params.skip_bad=true", "test=false"]
+    args = [
+        "hydra.run.dir=run",
+        *GSM8K_SMOKE,
+        f"dataset.params.data_files={data}",
+        "dataset.params.skip_bad=true",
+        "test=false",
+    ]
     done = run_cli(args, tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     results = read_results(tmp_path / "run")

@@ -55,10 +55,10 @@ def test_test_split_does_not_depend_on_train_size_or_rates():
 
 
 def test_registry_entry(splits):
-    built = load_dataset_splits(
-        "synthetic_math", n_train=50, n_val=10, n_test=10, description="extra keys are ignored"
-    )
+    built = load_dataset_splits("synthetic_math", n_train=50, n_val=10, n_test=10)
     assert built.name == "synthetic_math" and built.task == "qa" and len(built.train) == 50
+    with pytest.raises(ConfigError, match="dataset.params.description is not a parameter"):
+        load_dataset_splits("synthetic_math", n_train=50, description="a misspelled key is an error")
 
 
 def test_every_clean_step_is_correct_and_boxed_answer_matches(splits):
