@@ -190,3 +190,16 @@ def test_unknown_dataset_parameter_is_one_line(tmp_path: Path, cache_dir: Path):
     assert done.returncode != 0
     assert "dataset.params.n_trian is not a parameter of dataset 'synthetic_math'" in done.stderr
     assert "did you mean 'n_train'" in done.stderr
+
+
+@pytest.mark.slow
+def test_wandb_logs_offline_grouped_and_tagged(tmp_path: Path, cache_dir: Path):
+    done = run_cli([*SMOKE, "logger=default", "test=false", "experiment_name=demo"], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    # the config, group and tags live in the offline run's record log
+    record_log = next(offline_runs[0].glob("run-*.wandb")).read_bytes()
+    for expected in (b"experiment_name", b"demo", b"method:random", b"dataset:synthetic_math", b"budget:0.5"):
+        assert expected in record_log, expected
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
