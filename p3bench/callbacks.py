@@ -30,10 +30,12 @@ class TokenBudget(pl.Callback):
             if datamodule.rounds
             else range(len(pool))
         )
-        mean_tokens = sum(pool.num_tokens(i, datamodule.max_length) for i in indices) / max(1, len(indices))
-        tokens_per_step = mean_tokens * datamodule.batch_size * max(1, trainer.accumulate_grad_batches)
-        tokens_per_step *= max(1, trainer.world_size)
-        self.estimated_steps = max(1, math.ceil(self.target_tokens / tokens_per_step))
+        self.estimated_steps = estimate_steps(
+            [pool.num_tokens(i, datamodule.max_length) for i in indices],
+            self.target_tokens,
+            datamodule.batch_size * max(1, trainer.world_size),
+            max(1, trainer.accumulate_grad_batches),
+        )
         trainer.fit_loop.epoch_loop.max_steps = self.estimated_steps
 
     def on_train_batch_end(
@@ -41,3 +43,15 @@ class TokenBudget(pl.Callback):
     ):
         if pl_module.train_tokens * max(1, trainer.world_size) >= self.target_tokens:
             trainer.should_stop = True
+
+
+def estimate_steps(lengths: list[int], target_tokens: int, batch_size: int, accumulate: int = 1) -> int:
+    """Optimizer steps to process ``target_tokens`` by passing repeatedly over examples of ``lengths``:
+    whole epochs (each ``ceil(n / batch_size)`` batches, the last one partial) plus the remainder at the
+    mean batch size, plus one step so the token target, not the step limit, ends the run."""
+    epoch_tokens = max(1, sum(lengths))
+    batches_per_epoch = math.ceil(len(lengths) / batch_size)
+    full_epochs, remainder = divmod(target_tokens, epoch_tokens)
+    mean_batch_tokens = epoch_tokens / batches_per_epoch
+    batches = full_epochs * batches_per_epoch + math.ceil(remainder / mean_batch_tokens)
+    return max(1, math.ceil(batches / accumulate) + 1)

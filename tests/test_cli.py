@@ -203,3 +203,46 @@ def test_wandb_logs_offline_grouped_and_tagged(tmp_path: Path, cache_dir: Path):
     for expected in (b"experiment_name", b"demo", b"method:random", b"dataset:synthetic_math", b"budget:0.5"):
         assert expected in record_log, expected
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_iso_compute_trains_every_budget_on_the_same_tokens(tmp_path: Path, cache_dir: Path):
+    done = run_cli(
+        [
+            "-m",
+            "debug=smoke",
+            "hydra.sweep.dir=sweep",
+            "regime=iso_compute",
+            "budget=0.25,1.0",
+            "test=false",
+            "trainer.limit_val_batches=1",
+        ],
+        tmp_path,
+        cache_dir,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r["run"]["budget"]: r for r in (read_results(d) for d in find_run_dirs(tmp_path / "sweep"))}
+    small, whole = runs[0.25]["compute"], runs[1.0]["compute"]
+    assert small["target_train_tokens"] == whole["target_train_tokens"] > 0
+    for compute in (small, whole):
+        # stops at the first step that reaches the target: at most one batch (32 x 96 tokens) past it
+        assert (
+            compute["target_train_tokens"]
+            <= compute["train_tokens"]
+            < compute["target_train_tokens"] + 32 * 96
+        )
+    assert small["epochs_completed"] >= 3 > whole["epochs_completed"]
+    assert runs[0.25]["selection"]["n_selected"] == 100
+
+
+def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
+    done = run_cli(["--help"], tmp_path, cache_dir)
+    assert done.returncode == 0
+    for line in (
+        "method: full, random",
+        "dataset: gsm8k, math, synthetic_math",
+        "model: hf, tiny",
+        "experiment: gsm8k_small, math_small, synthetic_budgets, synthetic_iso_compute",
+    ):
+        assert line in done.stdout, done.stdout[:2000]
