@@ -12,8 +12,9 @@ class TokenBudget(pl.Callback):
     """Stop training once ``target_tokens`` training tokens (non-padding input tokens) have been processed.
 
     This is the iso-compute regime: every budget trains on the same number of tokens. At setup the step
-    count is estimated from the mean length of the current selection (the pool's, before a dynamic method's
-    first round) so that the learning-rate schedule spans the run; the token count then ends it exactly.
+    count is estimated from the lengths of the current selection (the pool's, before a dynamic method's
+    first round) so that the learning-rate schedule spans the run; the token count then ends it at the
+    first step that reaches the target.
     """
 
     def __init__(self, target_tokens: int) -> None:
@@ -41,17 +42,21 @@ class TokenBudget(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ):
-        if pl_module.train_tokens * max(1, trainer.world_size) >= self.target_tokens:
+        # every process sees the same global count, so they all stop at the same step
+        if pl_module.global_counters()["train_tokens"] >= self.target_tokens:
             trainer.should_stop = True
 
 
 def estimate_steps(lengths: list[int], target_tokens: int, batch_size: int, accumulate: int = 1) -> int:
     """Optimizer steps to process ``target_tokens`` by passing repeatedly over examples of ``lengths``:
     whole epochs (each ``ceil(n / batch_size)`` batches, the last one partial) plus the remainder at the
-    mean batch size, plus one step so the token target, not the step limit, ends the run."""
+    mean batch size, plus a margin (2% and one step) so that the token target, not the step limit, ends
+    the run even when length-grouped batches of the last epoch are shorter than average. Results record
+    whether the target was reached."""
     epoch_tokens = max(1, sum(lengths))
     batches_per_epoch = math.ceil(len(lengths) / batch_size)
     full_epochs, remainder = divmod(target_tokens, epoch_tokens)
     mean_batch_tokens = epoch_tokens / batches_per_epoch
     batches = full_epochs * batches_per_epoch + math.ceil(remainder / mean_batch_tokens)
-    return max(1, math.ceil(batches / accumulate) + 1)
+    steps = math.ceil(batches / accumulate)
+    return max(1, steps + math.ceil(0.02 * steps) + 1)

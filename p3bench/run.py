@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from p3bench.callbacks import TokenBudget
 from p3bench.data import load_dataset_splits
@@ -23,6 +24,7 @@ from p3bench.methods.base import SelectionDataModule
 from p3bench.models.factory import build_causal_lm, build_tokenizer
 from p3bench.models.module import SelectionLM
 from p3bench.results import (
+    RESULTS_FILE,
     SCHEMA_VERSION,
     package_versions,
     selection_rows,
@@ -77,11 +79,19 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     if ckpt_path is not None:
         restore_selection_state(datamodule, ckpt_path)
+        # the run is not finished until it writes results again
+        (output_dir / RESULTS_FILE).unlink(missing_ok=True)
 
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
+    if not loggers:  # Lightning's learning-rate monitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_overrides: dict[str, Any] = {
-        "reload_dataloaders_every_n_epochs": datamodule.reselect_every_n_epochs
+        # a dynamic method reloads every epoch and maps the epoch to its round itself, so resuming at any
+        # epoch keeps rounds in phase
+        "reload_dataloaders_every_n_epochs": 1 if datamodule.is_dynamic else 0,
+        # the datamodule shards training batches across processes itself (length-grouped batches)
+        "use_distributed_sampler": False,
     }
     target_tokens = None
     if cfg.regime == "iso_compute":
@@ -120,6 +130,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             eval_seconds,
             {**fit_metrics, **test_metrics},
             target_tokens,
+            ckpt_path,
         )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
@@ -162,9 +173,11 @@ def build_results(
     eval_seconds: float,
     metrics: dict[str, float],
     target_tokens: int | None,
+    resumed_from: str | None = None,
 ) -> dict[str, Any]:
     selection = selection_summary(datamodule)
-    selection_seconds = sum(r["seconds"] for r in selection["rounds"])
+    selection_seconds = datamodule.selection_seconds_this_process
+    counters = module.global_counters()
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "ok",
@@ -178,6 +191,7 @@ def build_results(
             "regime": cfg.regime,
             "output_dir": str(cfg.paths.output_dir),
             "command": " ".join(sys.argv),
+            "resumed_from": resumed_from,
             "started_at": started.isoformat(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
         },
@@ -194,12 +208,16 @@ def build_results(
         "compute": {
             "regime": cfg.regime,
             "target_train_tokens": target_tokens,
-            "train_tokens": module.train_tokens,
-            "train_target_tokens": module.train_target_tokens,
-            "train_examples_seen": module.train_examples,
+            "reached_target_tokens": None
+            if target_tokens is None
+            else counters["train_tokens"] >= target_tokens,
+            "train_tokens": counters["train_tokens"],
+            "train_target_tokens": counters["train_target_tokens"],
+            "train_examples_seen": counters["train_examples"],
             "optimizer_steps": int(trainer.global_step),
             "epochs_completed": int(trainer.current_epoch),
             "selection_forward_tokens": sum(r["forward_tokens"] for r in selection["rounds"]),
+            # wall times of this process (a resumed run counts from its restart); train includes validation
             "seconds": {
                 "selection": round(selection_seconds, 3),
                 "train": round(max(0.0, fit_seconds - selection_seconds), 3),

@@ -89,13 +89,15 @@ def test_resume_from_last_checkpoint_keeps_the_selection(tmp_path: Path, cache_d
     first = run_cli(args, tmp_path, cache_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     before = read_results(tmp_path / "run")
-    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2"], tmp_path, cache_dir)
+    # seed=1 would select other examples: the restored selection state must win
+    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2", "seed=1"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_results(tmp_path / "run")
     assert after["selection"]["ids_sha256"] == before["selection"]["ids_sha256"]
     assert [r["round"] for r in after["selection"]["rounds"]] == [0]
     assert after["compute"]["epochs_completed"] == 2
     assert after["compute"]["train_tokens"] > before["compute"]["train_tokens"]
+    assert after["run"]["resumed_from"].endswith("last.ckpt")
 
 
 BAD_INPUTS = [

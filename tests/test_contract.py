@@ -35,8 +35,8 @@ class ProbeMethod(SelectionDataModule):
 
     name = "probe"
 
-    def __init__(self, coefficient_mode: str = "default", **kwargs):
-        super().__init__(reselect_every_n_epochs=1, **kwargs)
+    def __init__(self, coefficient_mode: str = "default", every: int = 1, **kwargs):
+        super().__init__(reselect_every_n_epochs=every, **kwargs)
         self.coefficient_mode = coefficient_mode
         self.reweight_calls = 0
         self.target_sizes: list[int] = []
@@ -108,7 +108,7 @@ def trainer(tmp_path: Path | None, max_epochs: int) -> pl.Trainer:
     callbacks = []
     if tmp_path is not None:
         callbacks.append(
-            pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_epochs=1)
+            pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=1, every_n_epochs=1)
         )
     return pl.Trainer(
         max_epochs=max_epochs,
@@ -157,18 +157,39 @@ def test_selection_weights_reach_the_loss(parts):
     assert torch.allclose(coefficients, batch["weight"] / len(batch["weight"]))
 
 
-def test_resume_continues_with_the_same_selection_state(parts, tmp_path: Path):
-    module, dm = make(parts)
-    trainer(None, max_epochs=2).fit(module, datamodule=dm)
-    uninterrupted = [r.ids for r in dm.rounds]
+class CrashAtEpoch(pl.Callback):
+    """Simulates a crash: raises at the start of ``epoch``, after the previous epoch's checkpoint."""
 
-    module, dm = make(parts)
-    trainer(tmp_path, max_epochs=1).fit(module, datamodule=dm)  # stops after round 0, as if interrupted
-    module, resumed = make(parts)
-    trainer(tmp_path, max_epochs=2).fit(module, datamodule=resumed, ckpt_path=str(tmp_path / "last.ckpt"))
-    assert [r.round for r in resumed.rounds] == [0, 1]
-    assert [r.ids for r in resumed.rounds] == uninterrupted
-    assert resumed.target_sizes == [len(parts[0].validation)] * 2
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("every", [1, 0], ids=["dynamic", "static"])
+def test_resume_after_a_crash_continues_exactly(parts, tmp_path: Path, every: int):
+    """Crash at the start of epoch 2, resume from last.ckpt: the same rounds, the same data order, and so
+    the same final model as a run that was never interrupted."""
+    module, dm = make(parts, every=every)
+    trainer(None, max_epochs=3).fit(module, datamodule=dm)
+    expected_rounds = [r.ids for r in dm.rounds]
+    expected_weights = [p.detach().clone() for p in module.parameters()]
+    assert len(expected_rounds) == (3 if every else 1)
+
+    module, dm = make(parts, every=every)
+    crashing = trainer(tmp_path, max_epochs=3)
+    crashing.callbacks.append(CrashAtEpoch(2))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit(module, datamodule=dm)
+    assert (tmp_path / "last.ckpt").is_file()
+
+    module, resumed = make(parts, every=every)
+    trainer(tmp_path, max_epochs=3).fit(module, datamodule=resumed, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert [r.ids for r in resumed.rounds] == expected_rounds
+    assert resumed.target_sizes == [len(parts[0].validation)] * len(expected_rounds)
+    assert all(torch.allclose(a, b) for a, b in zip(expected_weights, module.parameters(), strict=True))
 
 
 def test_bad_selections_are_rejected(parts):

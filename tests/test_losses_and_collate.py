@@ -54,3 +54,29 @@ def test_generation_collator_left_pads_prompts():
     batch = GenerationCollator(pad_token_id=0, max_prompt_length=8)(list(EncodedSubset(pool, [0, 1])))
     assert batch["input_ids"].tolist() == [[1, 7, 8], [0, 1, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+def _batches(lengths, seed, **kwargs):
+    from p3bench.models.sampler import LengthGroupedBatchSampler
+
+    return list(LengthGroupedBatchSampler(lengths, 4, torch.Generator().manual_seed(seed), 3, **kwargs))
+
+
+def test_length_grouped_batches_cover_every_position_once_and_group_lengths():
+    lengths = [(i * 37) % 50 + 1 for i in range(103)]
+    batches = _batches(lengths, 0)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(103)) and len(batches) == 26
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 15  # random batches of 4 from lengths 1..50 spread ~25 on average
+    assert _batches(lengths, 0) == batches and _batches(lengths, 1) != batches
+
+
+def test_length_grouped_batches_are_sharded_across_processes():
+    lengths = list(range(1, 103))
+    shards = [_batches(lengths, 5, rank=r, world_size=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 13  # 26 batches split evenly, none dropped here
+    seen = [i for shard in shards for b in shard for i in b]
+    assert len(seen) == len(set(seen)) == 102
+    single = _batches(lengths, 5)
+    assert shards[0] == single[0::2] and shards[1] == single[1::2]

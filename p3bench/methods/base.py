@@ -122,7 +122,11 @@ class SelectionDataModule(pl.LightningDataModule):
         if len(self.index_of) != len(self.pool):
             raise ValueError(f"dataset {splits.name!r} has duplicate example ids in its train split")
         self.rounds: list[RoundRecord] = []
+        self.selection_seconds_this_process = 0.0
         self._encoded: dict[str, EncodedPool] = {}
+        # one order generator per round; its state is checkpointed so a resumed run sees the same batches
+        self._order_generators: dict[int, torch.Generator] = {}
+        self._order_states: dict[int, torch.Tensor] = {}
 
     # what subclasses implement ------------------------------------------------------------------------------
     def select(self, ctx: SelectionContext) -> Selection:
@@ -165,13 +169,20 @@ class SelectionDataModule(pl.LightningDataModule):
         )
 
     def run_selection(self, round_index: int) -> RoundRecord:
-        """Select for ``round_index`` (or return the record if that round was already selected)."""
+        """Select for ``round_index`` (or return the record if that round was already selected).
+
+        The current model is on the training device when ``select`` runs (a static method's ``setup`` comes
+        before Lightning moves it). Selection weights are rescaled to mean 1 over the selection, so the
+        default loss ``sum_i w_i * loss_i / batch_size`` keeps the scale of an unweighted mean.
+        """
         for record in self.rounds:
             if record.round == round_index:
                 return record
         ctx = self.context(round_index)
         module = ctx.module
         was_training = module.training if module is not None else False
+        if module is not None and self.trainer is not None:
+            module.to(self.trainer.strategy.root_device)
         start = time.perf_counter()
         try:
             selection = self.select(ctx)
@@ -179,15 +190,21 @@ class SelectionDataModule(pl.LightningDataModule):
             if module is not None:
                 module.train(was_training)
         seconds = time.perf_counter() - start
+        self.selection_seconds_this_process += seconds
         self._check(selection)
+        weights = None
+        if selection.weights is not None:
+            raw = np.asarray(selection.weights, dtype=float)
+            mean = raw.mean()
+            weights = (raw / mean if mean > 0 else raw).tolist()
         record = RoundRecord(
             round=round_index,
             epoch=ctx.epoch,
             global_step=ctx.global_step,
-            ids=list(selection.ids),
-            weights=None if selection.weights is None else [float(w) for w in selection.weights],
-            scores=None if selection.scores is None else [float(s) for s in selection.scores],
-            diagnostics=dict(selection.diagnostics),
+            ids=[str(i) for i in selection.ids],
+            weights=weights,
+            scores=None if selection.scores is None else [float(v) for v in selection.scores],
+            diagnostics=to_plain(selection.diagnostics),
             forward_tokens=int(selection.forward_tokens),
             seconds=seconds,
         )
@@ -230,16 +247,45 @@ class SelectionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         record = self.current_round()
         indices = [self.index_of[i] for i in record.ids]
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + record.round)
         encoded = self.encoded("train")
         lengths = [encoded.num_tokens(i, self.max_length) for i in indices]
+        rank, world_size = self._rank_and_world_size()
+        sampler = LengthGroupedBatchSampler(
+            lengths,
+            self.batch_size,
+            self._order_generator(record.round),
+            self.length_grouping,
+            rank=rank,
+            world_size=world_size,
+        )
         return DataLoader(
             EncodedSubset(encoded, indices, record.weights),
-            batch_sampler=LengthGroupedBatchSampler(
-                lengths, self.batch_size, generator, self.length_grouping
-            ),
+            batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),
+        )
+
+    def _order_generator(self, round_index: int) -> torch.Generator:
+        """The round's data-order generator: seeded from (seed, round), or restored from a checkpoint."""
+        if round_index not in self._order_generators:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + round_index)
+            if round_index in self._order_states:
+                generator.set_state(self._order_states[round_index])
+            self._order_generators[round_index] = generator
+        return self._order_generators[round_index]
+
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return int(self.trainer.global_rank), int(self.trainer.world_size)
+
+    def _eval_sampler(self, n: int) -> torch.utils.data.Sampler | None:
+        """Under several processes each evaluates its share (padded; duplicates are removed when gathered)."""
+        rank, world_size = self._rank_and_world_size()
+        if world_size == 1:
+            return None
+        return torch.utils.data.distributed.DistributedSampler(
+            range(n), num_replicas=world_size, rank=rank, shuffle=False
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -247,6 +293,7 @@ class SelectionDataModule(pl.LightningDataModule):
         return DataLoader(
             EncodedSubset(encoded, range(len(encoded))),
             batch_size=self.eval_batch_size,
+            sampler=self._eval_sampler(len(encoded)),
             num_workers=self.num_workers,
             collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),
         )
@@ -264,20 +311,41 @@ class SelectionDataModule(pl.LightningDataModule):
         return DataLoader(
             EncodedSubset(encoded, range(len(encoded))),
             batch_size=self.eval_batch_size,
+            sampler=self._eval_sampler(len(encoded)),
             num_workers=self.num_workers,
             collate_fn=collate_with_examples,
         )
 
     # checkpointed state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds": [asdict(r) for r in self.rounds], "method_state": self.method_state()}
+        return {
+            "rounds": [asdict(r) for r in self.rounds],
+            "method_state": to_plain(self.method_state()),
+            "order_states": {k: g.get_state() for k, g in self._order_generators.items()},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rounds = [RoundRecord(**r) for r in state_dict.get("rounds", [])]
         self.load_method_state(state_dict.get("method_state", {}))
+        self._order_states = dict(state_dict.get("order_states", {}))
+        self._order_generators = {}
 
     # summaries -----------------------------------------------------------------------------------------------
     def selected_examples(self, rounds: Sequence[RoundRecord] | None = None) -> list[Example]:
         """The distinct pool examples trained on in ``rounds`` (all rounds by default), in pool order."""
         chosen = {i for r in (self.rounds if rounds is None else rounds) for i in r.ids}
         return [ex for ex in self.pool if ex.id in chosen]
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` with numpy and torch scalars and arrays turned into Python numbers and lists, so that it
+    checkpoints under ``weights_only`` loading and serialises to JSON as numbers."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -109,7 +109,9 @@ class SelectionLM(pl.LightningModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[list[dict[str, Any]]] = [[] for _ in range(torch.distributed.get_world_size())]
             torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
+            # the distributed sampler pads the last shard with repeats: keep each example once
+            unique = {r["id"]: r for part in gathered for r in part}
+            records = sorted(unique.values(), key=lambda r: r["id"])
             self.test_records = records
         for name, value in accuracy_by_level(records).items():
             self.log(f"test/{name}", value, rank_zero_only=True)
@@ -141,6 +143,19 @@ class SelectionLM(pl.LightningModule):
             "train_target_tokens": self.train_target_tokens,
             "train_examples": self.train_examples,
         }
+
+    def global_counters(self) -> dict[str, int]:
+        """Token and example counters summed over all processes."""
+        counters = {
+            "train_tokens": self.train_tokens,
+            "train_target_tokens": self.train_target_tokens,
+            "train_examples": self.train_examples,
+        }
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            values = torch.tensor(list(counters.values()), dtype=torch.long, device=self.device)
+            torch.distributed.all_reduce(values)
+            counters = dict(zip(counters, values.tolist(), strict=True))
+        return counters
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("p3bench_counters", {})
