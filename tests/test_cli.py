@@ -248,3 +248,26 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
         "experiment: gsm8k_small, math_small, synthetic_budgets, synthetic_iso_compute",
     ):
         assert line in done.stdout, done.stdout[:2000]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path, cache_dir: Path):
+    done = run_cli(
+        [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=csv"],
+        tmp_path,
+        cache_dir,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_results(tmp_path / "run")
+    assert results["compute"]["world_size"] == 2
+    assert results["metrics"]["test/n_examples"] == 40  # the distributed sampler's padding is removed
+    ids = [
+        json.loads(line)["id"] for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(ids) == len(set(ids)) == 40
+    # both processes' tokens are counted: close to one process's count over the same selection (the
+    # sharded sampler drops at most one batch), not half of it
+    single = run_cli(["debug=smoke", "hydra.run.dir=single", "test=false"], tmp_path, cache_dir)
+    assert single.returncode == 0, single.stderr[-3000:]
+    single_tokens = read_results(tmp_path / "single")["compute"]["train_tokens"]
+    assert 0.75 * single_tokens < results["compute"]["train_tokens"] <= single_tokens
