@@ -136,9 +136,10 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items()})
             write_run_files(output_dir, results, selection_rows(datamodule), module.test_records)
-            print_summary(results, output_dir)
     finally:
         close_loggers(trainer.loggers)
+    if trainer.is_global_zero:  # after the loggers' own closing output, so the table is what stays on screen
+        print_summary(results, output_dir)
     return results
 
 
