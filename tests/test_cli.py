@@ -57,21 +57,15 @@ def test_same_seed_same_selection_different_seed_different(tmp_path: Path, cache
     assert hashes["a"] == hashes["b"] != hashes["c"]
 
 
+def run_smoke_sweep(args: list[str], tmp_path: Path, cache_dir: Path):
+    """A small multirun into ``tmp_path/sweep`` (no test evaluation, one validation batch)."""
+    sweep = ["-m", "debug=smoke", "hydra.sweep.dir=sweep", "test=false", "trainer.limit_val_batches=1", *args]
+    return run_cli(sweep, tmp_path, cache_dir, timeout=600)
+
+
 @pytest.mark.slow
 def test_sweep_runs_every_job_even_when_one_fails(tmp_path: Path, cache_dir: Path):
-    done = run_cli(
-        [
-            "-m",
-            "debug=smoke",
-            "hydra.sweep.dir=sweep",
-            "budget=0.5,1.5,0.2",
-            "test=false",
-            "trainer.limit_val_batches=1",
-        ],
-        tmp_path,
-        cache_dir,
-        timeout=600,
-    )
+    done = run_smoke_sweep(["budget=0.5,1.5,0.2"], tmp_path, cache_dir)
     assert done.returncode != 0
     assert "budget=1.5 is out of range" in done.stderr
     finished = {
@@ -209,20 +203,7 @@ def test_wandb_logs_offline_grouped_and_tagged(tmp_path: Path, cache_dir: Path):
 
 @pytest.mark.slow
 def test_iso_compute_trains_every_budget_on_the_same_tokens(tmp_path: Path, cache_dir: Path):
-    done = run_cli(
-        [
-            "-m",
-            "debug=smoke",
-            "hydra.sweep.dir=sweep",
-            "regime=iso_compute",
-            "budget=0.25,1.0",
-            "test=false",
-            "trainer.limit_val_batches=1",
-        ],
-        tmp_path,
-        cache_dir,
-        timeout=600,
-    )
+    done = run_smoke_sweep(["regime=iso_compute", "budget=0.25,1.0"], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {r["run"]["budget"]: r for r in (read_results(d) for d in find_run_dirs(tmp_path / "sweep"))}
     small, whole = runs[0.25]["compute"], runs[1.0]["compute"]
