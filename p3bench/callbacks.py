@@ -25,14 +25,13 @@ class TokenBudget(pl.Callback):
         if stage != "fit":
             return
         datamodule: Any = trainer.datamodule
-        pool = datamodule.encoded("train")
         indices = (
             [datamodule.index_of[i] for i in datamodule.rounds[-1].ids]
             if datamodule.rounds
-            else range(len(pool))
+            else range(len(datamodule.pool))
         )
         self.estimated_steps = estimate_steps(
-            [pool.num_tokens(i, datamodule.max_length) for i in indices],
+            datamodule.token_lengths(indices),
             self.target_tokens,
             datamodule.batch_size * max(1, trainer.world_size),
             max(1, trainer.accumulate_grad_batches),

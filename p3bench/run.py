@@ -95,8 +95,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     target_tokens = None
     if cfg.regime == "iso_compute":
-        pool = datamodule.encoded("train")
-        full_pool_tokens = sum(pool.num_tokens(i, datamodule.max_length) for i in range(len(pool)))
+        full_pool_tokens = sum(datamodule.token_lengths(range(len(datamodule.pool))))
         target_tokens = int(cfg.trainer.max_epochs) * full_pool_tokens
         callbacks.append(TokenBudget(target_tokens))
         trainer_overrides["max_epochs"] = -1

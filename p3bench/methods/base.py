@@ -153,6 +153,11 @@ class SelectionDataModule(pl.LightningDataModule):
             self._encoded[split] = encode_examples(getattr(self.splits, split), self.tokenizer)
         return self._encoded[split]
 
+    def token_lengths(self, indices: Sequence[int]) -> list[int]:
+        """Tokens each pool example at ``indices`` trains on (prompt + target, capped at ``max_length``)."""
+        encoded = self.encoded("train")
+        return [encoded.num_tokens(i, self.max_length) for i in indices]
+
     def examples(self, split: str) -> list[Example]:
         return getattr(self.splits, split)
 
@@ -247,11 +252,9 @@ class SelectionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         record = self.current_round()
         indices = [self.index_of[i] for i in record.ids]
-        encoded = self.encoded("train")
-        lengths = [encoded.num_tokens(i, self.max_length) for i in indices]
         rank, world_size = self._rank_and_world_size()
         sampler = LengthGroupedBatchSampler(
-            lengths,
+            self.token_lengths(indices),
             self.batch_size,
             self._order_generator(record.round),
             self.length_grouping,
@@ -259,7 +262,7 @@ class SelectionDataModule(pl.LightningDataModule):
             world_size=world_size,
         )
         return DataLoader(
-            EncodedSubset(encoded, indices, record.weights),
+            EncodedSubset(self.encoded("train"), indices, record.weights),
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),

@@ -137,20 +137,20 @@ class SelectionLM(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # checkpointed counters -----------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["p3bench_counters"] = {
+    def local_counters(self) -> dict[str, int]:
+        """Token and example counters of this process."""
+        return {
             "train_tokens": self.train_tokens,
             "train_target_tokens": self.train_target_tokens,
             "train_examples": self.train_examples,
         }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["p3bench_counters"] = self.local_counters()
+
     def global_counters(self) -> dict[str, int]:
         """Token and example counters summed over all processes."""
-        counters = {
-            "train_tokens": self.train_tokens,
-            "train_target_tokens": self.train_target_tokens,
-            "train_examples": self.train_examples,
-        }
+        counters = self.local_counters()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             values = torch.tensor(list(counters.values()), dtype=torch.long, device=self.device)
             torch.distributed.all_reduce(values)
