@@ -19,16 +19,22 @@ def test_default_pipeline_end_to_end(tmp_path: Path, cache_dir: Path):
     run_dir = tmp_path / "run"
     results = read_results(run_dir)
     assert results["schema_version"] == 1 and results["status"] == "ok"
-    assert results["run"]["method"] == "random" and results["run"]["budget"] == 0.5
+    assert results["run"]["method"] == "p3" and results["run"]["budget"] == 0.5
     selection = results["selection"]
-    assert selection["pool_size"] == 400 and selection["n_selected"] == 200
+    # p3 selects 200 examples (the budget) in each of the two rounds, scored by the model of that round
+    assert selection["pool_size"] == 400 and 200 <= selection["n_selected"] <= 400
+    assert [r["n"] for r in selection["rounds"]] == [200, 200]
+    assert all(r["forward_tokens"] > 0 and r["diagnostics"]["admitted"] == 300 for r in selection["rounds"])
+    assert results["compute"]["selection_forward_tokens"] == sum(
+        r["forward_tokens"] for r in selection["rounds"]
+    )
     assert results["compute"]["train_tokens"] > 0 and results["compute"]["epochs_completed"] == 2
     metrics = results["metrics"]
     assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["test/n_examples"] == 40
     assert {f"test/accuracy_level_{k}" for k in range(1, 6)} <= set(metrics)
     assert "val/loss" in metrics and "train/loss" in metrics
     rows = [json.loads(line) for line in (run_dir / "selection.jsonl").read_text().splitlines()]
-    assert len(rows) == 200 and {r["round"] for r in rows} == {0}
+    assert len(rows) == 400 and {r["round"] for r in rows} == {0, 1}
     predictions = (run_dir / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 40
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -196,14 +202,14 @@ def test_wandb_logs_offline_grouped_and_tagged(tmp_path: Path, cache_dir: Path):
     assert len(offline_runs) == 1
     # the config, group and tags live in the offline run's record log
     record_log = next(offline_runs[0].glob("run-*.wandb")).read_bytes()
-    for expected in (b"experiment_name", b"demo", b"method:random", b"dataset:synthetic_math", b"budget:0.5"):
+    for expected in (b"experiment_name", b"demo", b"method:p3", b"dataset:synthetic_math", b"budget:0.5"):
         assert expected in record_log, expected
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
 
 @pytest.mark.slow
 def test_iso_compute_trains_every_budget_on_the_same_tokens(tmp_path: Path, cache_dir: Path):
-    done = run_smoke_sweep(["regime=iso_compute", "budget=0.25,1.0"], tmp_path, cache_dir)
+    done = run_smoke_sweep(["method=random", "regime=iso_compute", "budget=0.25,1.0"], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {r["run"]["budget"]: r for r in (read_results(d) for d in find_run_dirs(tmp_path / "sweep"))}
     small, whole = runs[0.25]["compute"], runs[1.0]["compute"]
@@ -223,10 +229,10 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
     done = run_cli(["--help"], tmp_path, cache_dir)
     assert done.returncode == 0
     for line in (
-        "method: full, random",
+        "method: curriculum, dpp, easiest, full, hardest, p3, p3_no_dpp, p3_no_spl, p3_static, random, spl",
         "dataset: gsm8k, math, synthetic_math",
         "model: hf, tiny",
-        "experiment: gsm8k_small, math_small, synthetic_budgets, synthetic_iso_compute",
+        "experiment: gsm8k_small, math_small, p3_math, p3_math_small, p3_synthetic, p3_synthetic_sweep,",
     ):
         assert line in done.stdout, done.stdout[:2000]
 

@@ -143,7 +143,11 @@ def test_junk_has_no_answer(splits):
     assert junk
     for ex in junk:
         assert ex.answer is None and "\\boxed" not in ex.target
-        assert ex.meta["level"] == 0 and ex.meta["type"] == "junk" and ex.meta["dup_group"] is None
+        assert ex.meta["dup_group"] is None
+    # junk is labelled like the rest: its level and type labels do not give it away
+    clean_types = {ex.meta["type"] for ex in splits.train if not ex.meta["is_junk"]}
+    assert {ex.meta["level"] for ex in junk} <= set(splits.info["levels"])
+    assert len({ex.meta["level"] for ex in junk}) > 1 and {ex.meta["type"] for ex in junk} <= clean_types
 
 
 def test_meta_fields(splits):

@@ -21,8 +21,8 @@ Planted defects, in the train pool only, exact in count (``round(rate * n_train)
   target. Every member of a group, the original included, has the group's id; ``meta["is_duplicate"]`` is
   True for the copies only. The ``duplicate_rate`` counts the copies. Other examples have ``dup_group=None``.
 - junk (``meta["is_junk"]``): random characters, shuffled problem words or lorem-like filler as prompt and
-  target, no answer (``answer=None``). Junk has ``level=0`` (every synthetic example keeps an integer level,
-  so per-level tables sort and group without a None) and ``type="junk"``.
+  target, no answer (``answer=None``). Junk carries a level and a type label like any other example (drawn
+  from a hash of its text), so that no label a method may read gives it away.
 
 Every example's ``meta`` holds ``level``, ``type``, ``is_noisy``, ``is_junk``, ``dup_group``, ``is_duplicate``
 and ``clean_answer``; all but ``level`` and ``type`` are oracle fields for reports, never for methods.
@@ -37,6 +37,7 @@ near-duplicates. Each split draws from its own random stream, so the test set do
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -348,6 +349,15 @@ def _junk(rng: random.Random, problems: list[_Problem]) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------ loader
 
 
+def _junk_label(prompt: str, levels: list[int], problems: list[_Problem]) -> tuple[int, str]:
+    """The level and type label a junk example carries, as scraped junk carries whatever label its source
+    had: drawn from a hash of its text (not from the generator's stream, so the pool is unchanged), so that
+    neither field gives junk away to a method."""
+    digest = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
+    kinds = sorted({p.type for p in problems}) or ["arithmetic"]
+    return levels[digest % len(levels)], kinds[(digest // len(levels)) % len(kinds)]
+
+
 def _meta(level: int, kind: str, clean_answer: str | None, **oracle) -> dict:
     meta = {"level": level, "type": kind, "is_noisy": False, "is_junk": False, "dup_group": None}
     meta.update(is_duplicate=False, clean_answer=clean_answer)
@@ -473,7 +483,8 @@ def load_synthetic_math(
             rows.append((prompt, "\n".join(problem.lines), str(problem.answer), meta))
     for _ in range(n_junk):
         prompt, target = _junk(rng, base)
-        rows.append((prompt, target, None, _meta(0, "junk", None, is_junk=True)))
+        level, kind = _junk_label(prompt, level_list, base)
+        rows.append((prompt, target, None, _meta(level, kind, None, is_junk=True)))
     rng.shuffle(rows)
     width = max(6, len(str(max(n_train - 1, 0))))
     train = [

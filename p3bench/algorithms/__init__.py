@@ -1,0 +1,1 @@
+"""Selection algorithms as plain array-in/array-out functions (no training loop, no data modules)."""

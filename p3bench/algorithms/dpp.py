@@ -1,0 +1,649 @@
+"""Greedy MAP inference for determinantal point processes (DPPs), array in, array out.
+
+P3 (arXiv 2408.05541) picks a diverse, high-quality subset with a DPP whose kernel is
+``L = diag(q) S diag(q)``: ``q`` is a per-example quality (positive) and ``S`` a similarity between
+L2-normalised embeddings. The subset is the greedy MAP estimate, computed with the fast greedy algorithm
+of Chen, Zhang & Zhou, "Fast Greedy MAP Inference for Determinantal Point Process to Improve
+Recommendation Diversity", NeurIPS 2018 (arXiv 1709.05135).
+
+The algorithm (arXiv 1709.05135, Alg. 1) keeps, for every item ``i``, the row ``c_i`` of the incremental
+Cholesky factor of ``L`` restricted to the picked set ``Y`` and the squared residual
+``d_i^2 = L_ii - ||c_i||^2``, which is the log-det marginal gain in exponential form::
+
+    log det(L_{Y + i}) - log det(L_Y) = log d_i^2.
+
+After picking ``j`` every item is updated with ``e_i = (L_ji - <c_j, c_i>) / d_j``, ``c_i <- [c_i, e_i]``,
+``d_i^2 <- d_i^2 - e_i^2``, and the next pick is ``argmax_i d_i^2`` (ties: the lowest index).
+
+Entry points
+------------
+- :func:`greedy_map`: explicit ``N x N`` PSD kernel.
+- :func:`greedy_map_rows`: the same greedy when rows of ``L`` are produced on demand by a callback (what
+  :func:`greedy_map` and the RBF kernel of :func:`dpp_select` run on).
+- :func:`greedy_map_lowrank`: ``L = diag(q) (F F^T + ridge I) diag(q)`` without forming ``L`` and
+  without the ``N x k`` factor: at most ``O(N d)`` per pick instead of ``O(N t)``, with lazy blocked
+  updates that make most picks much cheaper (same picks).
+- :func:`dpp_select`: what selection methods call (cosine or RBF similarity, budget fill policy).
+
+Conditioning
+------------
+Forced ("preselected") items are added first, through the same update, and are neither returned nor
+counted in the budget. Continuing the greedy after them is exactly the greedy MAP of the conditional DPP,
+whose kernel on the remaining items is the Schur complement ``L_AA - L_AP L_PP^{-1} L_PA``: after the
+forced steps the ``d_i^2`` are the diagonal of that Schur complement and the next ``e_i`` are the rows
+of its Cholesky factor. A forced item whose conditional gain is already below ``eps`` (it lies in the span
+of the items forced before it, for example a duplicate) is skipped: conditioning on it changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "BANDWIDTH_SAMPLE",
+    "FILLS",
+    "KERNELS",
+    "DPPResult",
+    "dpp_select",
+    "greedy_map",
+    "greedy_map_lowrank",
+    "greedy_map_rows",
+    "log_det",
+    "rbf_bandwidth",
+]
+
+KERNELS: tuple[str, ...] = ("cosine", "rbf")
+FILLS: tuple[str, ...] = ("ridge", "restart")
+#: Number of candidates sampled (seeded, without replacement) for the default RBF bandwidth.
+BANDWIDTH_SAMPLE = 1000
+
+RowFn = Callable[[int], NDArray[np.float64]]
+
+
+@dataclass(frozen=True)
+class DPPResult:
+    """The outcome of a greedy MAP run.
+
+    Attributes:
+        indices: the picked candidates, in pick order (int64). Preselected items are not included.
+        gains: ``d_i^2`` of each pick when it was picked, i.e. ``exp`` of the log-det increment
+            ``log det(L_{Y+i}) - log det(L_Y)`` (conditional on the preselected items).
+        stopped_early: True when fewer than ``k`` items were returned because the best gain fell below
+            ``eps`` (the kernel's rank, conditional on the preselected items, is used up).
+        n_fill: how many trailing picks did not come from the greedy iteration proper: the rank-exhausted
+            ridge fill of :func:`greedy_map_lowrank` (only when every residual is below ``rank_tol``, see
+            there; 0 for non-degenerate data) or the picks made after the first restart with
+            ``fill="restart"`` (their gains are relative to their own restart).
+    """
+
+    indices: NDArray[np.int64]
+    gains: NDArray[np.float64]
+    stopped_early: bool
+    n_fill: int = 0
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def log_det(self) -> float:
+        """``sum(log(gains))``: ``log det(L_{P+Y}) - log det(L_P)`` for picks ``Y`` given preselected ``P``
+        (``log det(L_Y)`` when nothing was preselected). Not meaningful across restarts."""
+        return float(np.sum(np.log(self.gains)))
+
+
+def log_det(kernel: ArrayLike, indices: Sequence[int] | NDArray[np.integer]) -> float:
+    """``log det(kernel[indices][:, indices])`` by ``np.linalg.slogdet``; ``-inf`` when it is singular or
+    not positive. The empty set has log-det 0."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size == 0:
+        return 0.0
+    sub = np.asarray(kernel, dtype=np.float64)[np.ix_(idx, idx)]
+    sign, value = np.linalg.slogdet(sub)
+    return float(value) if sign > 0 else -math.inf
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def _check_k(k: int, n_candidates: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k={k!r} is not an integer: expected a budget 0 <= k <= {n_candidates}")
+    if k < 0:
+        raise ValueError(f"k={k} is negative: expected a budget 0 <= k <= {n_candidates}")
+    if k > n_candidates:
+        raise ValueError(
+            f"budget k={k} exceeds the number of candidates ({n_candidates}): expected k <= {n_candidates}"
+        )
+    return int(k)
+
+
+def _check_eps(eps: float) -> float:
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps={eps} is invalid: expected a finite value >= 0")
+    return float(eps)
+
+
+def _as_matrix(x: ArrayLike, name: str) -> NDArray[np.float64]:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} has shape {a.shape}: expected a 2-d array")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _as_quality(quality: ArrayLike | None, n: int, name: str = "quality") -> NDArray[np.float64]:
+    if quality is None:
+        return np.ones(n)
+    q = np.asarray(quality, dtype=np.float64)
+    if q.shape != (n,):
+        raise ValueError(f"{name} has shape {q.shape}: expected ({n},), one value per row")
+    if not np.all(np.isfinite(q)) or (n and q.min() <= 0):
+        bad = q[~(np.isfinite(q) & (q > 0))][0]
+        raise ValueError(f"{name} must be finite and > 0: got {bad}")
+    return q
+
+
+def _check_ridge(ridge: float) -> float:
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge={ridge} is invalid: expected a finite value >= 0")
+    return float(ridge)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Explicit kernel (rows on demand)
+
+
+def greedy_map_rows(
+    diag: ArrayLike,
+    row: RowFn,
+    k: int,
+    *,
+    n_candidates: int | None = None,
+    forced: Sequence[int] = (),
+    eps: float = 1e-10,
+) -> DPPResult:
+    """Fast greedy MAP (arXiv 1709.05135, Alg. 1) on a kernel given by its diagonal and a row callback.
+
+    Args:
+        diag: ``L_ii`` for all ``n`` items (float64).
+        row: ``row(j)`` returns ``L[j, :]`` over all ``n`` items (may be a reused buffer: it is copied).
+        k: number of candidates to pick.
+        n_candidates: items ``0 .. n_candidates-1`` are candidates; the rest must all be in ``forced``
+            (used for preselected items that are not candidates). Default: all ``n``.
+        forced: items added first, in this order, to condition on; not returned nor counted in ``k``.
+        eps: stop when the best gain ``d_i^2`` is below ``eps``.
+
+    Cost: ``O(n (|forced| + k))`` memory for the factor and ``O(n t)`` per pick plus the row callback.
+    """
+    d2 = np.array(diag, dtype=np.float64, copy=True)
+    if d2.ndim != 1:
+        raise ValueError(f"diag has shape {d2.shape}: expected a 1-d array")
+    n = d2.shape[0]
+    n_cand = n if n_candidates is None else int(n_candidates)
+    if not 0 <= n_cand <= n:
+        raise ValueError(f"n_candidates={n_candidates} is out of range: expected 0..{n}")
+    forced_idx = np.asarray(forced, dtype=np.int64).reshape(-1)
+    if forced_idx.size and (forced_idx.min() < 0 or forced_idx.max() >= n):
+        raise ValueError(f"forced items must be indices in [0, {n}): got {forced_idx.tolist()}")
+    if n_cand < n and not np.isin(np.arange(n_cand, n), forced_idx).all():
+        raise ValueError("items at or beyond n_candidates must all be forced")
+    n_available = n_cand - np.unique(forced_idx[forced_idx < n_cand]).size
+    k = _check_k(k, n_available)
+    eps = _check_eps(eps)
+
+    cand = d2[:n_cand]  # view: picked and forced items are set to -inf
+    factor = np.empty((forced_idx.size + k, n))  # row t: e over all items at step t (C transposed)
+    buf = np.empty(n)
+    t = 0
+
+    def update(j: int, gain: float) -> None:
+        nonlocal t
+        e = factor[t]
+        e[:] = row(j)
+        if t:
+            np.dot(factor[:t, j], factor[:t], out=buf)  # <c_j, c_i> for all i
+            e -= buf
+        e /= math.sqrt(gain)
+        np.square(e, out=buf)
+        d2[:] -= buf
+        d2[j] = -math.inf
+        t += 1
+
+    for j in forced_idx.tolist():
+        gain = float(d2[j])
+        if gain >= eps:
+            update(j, gain)
+        else:
+            d2[j] = -math.inf
+
+    picks: list[int] = []
+    gains: list[float] = []
+    stopped = False
+    while len(picks) < k:
+        j = int(np.argmax(cand))
+        gain = float(cand[j])
+        if not gain >= eps:
+            stopped = True
+            break
+        picks.append(j)
+        gains.append(gain)
+        if len(picks) < k:
+            update(j, gain)
+    return DPPResult(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), stopped)
+
+
+def greedy_map(
+    kernel: ArrayLike, k: int, *, preselected: Sequence[int] = (), eps: float = 1e-10
+) -> DPPResult:
+    """Fast greedy MAP inference (Chen et al., arXiv 1709.05135) on an explicit ``N x N`` PSD kernel.
+
+    ``preselected`` items (indices into ``kernel``) are added first, which makes the rest exactly the
+    greedy MAP of the conditional DPP (the Schur complement); they are not returned nor counted in ``k``.
+    Stops early, returning fewer than ``k`` items with ``stopped_early=True``, when the best gain
+    ``d_i^2`` falls below ``eps``. Only ``kernel[j, :]`` rows are read (the kernel is assumed symmetric).
+    """
+    mat = _as_matrix(kernel, "kernel")
+    if mat.shape[0] != mat.shape[1]:
+        raise ValueError(f"kernel has shape {mat.shape}: expected a square N x N matrix")
+    return greedy_map_rows(np.diagonal(mat), mat.__getitem__, k, forced=preselected, eps=eps)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Low-rank kernel
+
+
+class _Projector:
+    """``M = U^T U = sum_s u_s u_s^T`` for the picked directions ``u_s`` (rows of ``U``), kept as a committed
+    ``d x d`` matrix plus a block of pending rows, so that ``M b`` costs ``O(d^2 + s d)`` per call and the
+    pending block can be applied to all items with one matrix product."""
+
+    def __init__(self, dim: int, block: int) -> None:
+        self.committed = np.zeros((dim, dim))
+        self.pending = np.empty((block, dim))
+        self.size = 0  # pending rows
+        self.empty = True  # committed is zero
+
+    @property
+    def rows(self) -> NDArray[np.float64]:
+        return self.pending[: self.size]
+
+    def apply(self, b: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``M b`` (= ``U^T c`` with ``c = U b``)."""
+        out = np.zeros_like(b) if self.empty else self.committed @ b
+        if self.size:
+            out += (self.rows @ b) @ self.rows
+        return out
+
+    def add(self, u: NDArray[np.float64]) -> None:
+        self.pending[self.size] = u
+        self.size += 1
+
+    def commit(self) -> None:
+        if self.size:
+            self.committed += self.rows.T @ self.rows
+            self.size = 0
+            self.empty = False
+
+
+def greedy_map_lowrank(
+    features: ArrayLike,
+    k: int,
+    *,
+    quality: ArrayLike | None = None,
+    ridge: float = 0.0,
+    preselected_features: ArrayLike | None = None,
+    preselected_quality: ArrayLike | None = None,
+    eps: float = 1e-10,
+    rank_tol: float = 1e-10,
+    block: int = 64,
+) -> DPPResult:
+    """Fast greedy MAP on ``L = diag(q) (F F^T + ridge I) diag(q)`` without forming the ``N x N`` kernel.
+
+    The same picks as :func:`greedy_map` on the explicit kernel (arXiv 1709.05135, up to floating-point
+    rounding on near-ties), with ``O(N d + d^2)`` memory instead of ``N x N + N x k``.
+
+    Derivation. With ``B = diag(q) F`` the kernel is the Gram matrix of ``phi_i = (b_i, sqrt(ridge) q_i
+    e_i)`` in ``R^{d+N}``. The Cholesky rows are ``c_i[s] = <phi_i, w_s>`` with ``w_s`` the Gram-Schmidt
+    basis of the picked ``phi``. The ridge part of every ``w_s`` lives on picked items' coordinates, so for
+    an unpicked item ``<phi_i, w_s> = <b_i, u_s>``, ``u_s`` being the first ``d`` coordinates of ``w_s``.
+    Picking ``j`` at step ``t`` thus needs ``u_t = (b_j - U^T U b_j) / d_j`` (``U`` stacks ``u_0..u_{t-1}``;
+    ``M = U^T U`` is kept as a ``d x d`` matrix), then ``e = B u_t`` and ``d_i^2 -= e_i^2``, starting
+    from ``d_i^2 = q_i^2 (||f_i||^2 + ridge)``; equivalently ``d_i^2 = q_i^2 (||f_i||^2 + ridge) -
+    b_i^T M b_i``.
+
+    Lazy blocked updates. ``d_i^2`` only decreases, so stale values are upper bounds. ``e = B u`` is
+    applied to all items once per ``block`` picks (one ``N x d x block`` matrix product instead of
+    ``block`` matrix-vector products); in between, exact gains are kept only for a window of the items
+    with the largest stale values, grown until its best exact gain beats every stale value outside it.
+    The argmax is therefore exact (ties: lowest index), as in the non-lazy algorithm.
+
+    Preselected items (``preselected_features``, ``(M, d)``, not candidates) are added first through the
+    same update (``O(d^2)`` each). Their quality only rescales their ``phi`` and so cannot change the
+    selection (the conditional kernel depends on their span only); it defaults to 1.
+
+    Rank-exhausted fill. Write ``d_i^2 = ridge q_i^2 + r_i`` with ``r_i = ||b_i||^2 - b_i^T M b_i >= 0``.
+    With ``ridge=0`` the rank of ``B`` is used up when the best gain is ``<= rank_tol * max_i ||b_i||^2``
+    (candidates); the run then stops early, as :func:`greedy_map` would at ``eps``. With ``ridge > 0`` the
+    ``r_i`` decay as picks accumulate (about ``ridge q_i^2 d / t`` for isotropic features) but do not
+    vanish, so the greedy keeps trading quality against diversity after ``d`` picks. Only when every
+    candidate's ``r_i`` is below ``rank_tol * max_i ||b_i||^2`` (checked with the stale upper bounds, once
+    per block) are the remaining picks filled by one sort on ``ridge q_i^2`` (ties: lowest index), which
+    changes each later gain by at most that bound; with the default tolerance this does not happen for
+    non-degenerate data.
+
+    Args:
+        features: ``F``, ``(N, d)`` (not normalised here).
+        k: number of candidates to pick.
+        quality: ``q``, positive, ``(N,)``; default all ones.
+        ridge: ``>= 0``, added to the diagonal of ``F F^T``.
+        preselected_features: ``(M, d)`` items to condition on.
+        preselected_quality: ``(M,)``, positive; default all ones.
+        eps: stop when the best gain falls below ``eps``.
+        rank_tol: relative tolerance of the rank-exhausted test (see above).
+        block: picks between two full updates (speed only; the picks do not depend on it).
+    """
+    F = _as_matrix(features, "features")
+    n, dim = F.shape
+    k = _check_k(k, n)
+    eps = _check_eps(eps)
+    ridge = _check_ridge(ridge)
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block={block!r} is invalid: expected an integer >= 1")
+    q = _as_quality(quality, n)
+    if preselected_features is None:
+        if preselected_quality is not None:
+            raise ValueError("preselected_quality is given without preselected_features")
+        P = np.empty((0, dim))
+    else:
+        P = _as_matrix(preselected_features, "preselected_features")
+        if P.shape[1] != dim:
+            raise ValueError(
+                f"preselected_features has {P.shape[1]} columns: expected {dim}, as many as features"
+            )
+    qp = _as_quality(preselected_quality, P.shape[0], "preselected_quality")
+
+    B = F * q[:, None]
+    norms2 = np.einsum("ij,ij->i", B, B)
+    ridge_q2 = ridge * q**2
+    proj = _Projector(dim, int(block))
+
+    # Preselected items: O(d^2) each, exact gain q_p^2 (||f_p||^2 + ridge) - b_p^T M b_p.
+    for fp, qq in zip(P, qp, strict=True):
+        b = fp * qq
+        mb = proj.apply(b)
+        gain = float(b @ b) + ridge * qq**2 - float(b @ mb)
+        if gain >= eps:
+            proj.add((b - mb) / math.sqrt(gain))
+            if proj.size == block:
+                proj.commit()
+    proj.commit()
+
+    base2 = norms2 + ridge_q2  # upper bounds of the gains: exact at the start of each block
+    if not proj.empty:
+        base2 -= np.einsum("ij,ij->i", B @ proj.committed, B)
+    tol = rank_tol * float(norms2.max()) if n else 0.0
+    picked = np.zeros(n, dtype=bool)
+    picks: list[int] = []
+    gains: list[float] = []
+    stopped = False
+    n_fill = 0
+    window0 = 128
+    win_b = np.empty((n, dim))  # rows of B for the window (the first `size` items of `order`)
+    win_gain = np.empty(n)  # their exact gains at the current step
+    e_buf = np.empty(n)
+    while len(picks) < k:
+        # Start of a block: the base2 are exact; look for the rank-exhausted case.
+        if ridge > 0.0 and float(np.max(base2 - ridge_q2)) <= tol:
+            rest = np.flatnonzero(~picked)
+            order = rest[np.argsort(-ridge_q2[rest], kind="stable")[: k - len(picks)]]
+            fill_gains = ridge_q2[order]
+            low = np.flatnonzero(fill_gains < eps)
+            keep = int(low[0]) if low.size else order.size
+            stopped = keep < order.size
+            picks.extend(order[:keep].tolist())
+            gains.extend(fill_gains[:keep].tolist())
+            n_fill = keep
+            break
+        order = np.argsort(-base2, kind="stable")  # picked items (-inf) last
+        size = min(window0, n)
+        np.take(B, order[:size], axis=0, out=win_b[:size])
+        np.take(base2, order[:size], out=win_gain[:size])
+        while len(picks) < k:
+            # Exact argmax: grow the window until its best exact gain beats every bound outside it.
+            while True:
+                pos = int(np.argmax(win_gain[:size]))
+                gain = float(win_gain[pos])
+                if size == n or gain > float(base2[order[size]]):
+                    break
+                new_size = min(2 * size, n)
+                new_b = win_b[size:new_size]
+                np.take(B, order[size:new_size], axis=0, out=new_b)
+                new_gain = win_gain[size:new_size]
+                np.take(base2, order[size:new_size], out=new_gain)
+                if proj.size:
+                    e_new = new_b @ proj.rows.T
+                    new_gain -= np.einsum("ij,ij->i", e_new, e_new)
+                size = new_size
+            ties = np.flatnonzero(win_gain[:size] == gain)
+            if ties.size > 1:
+                pos = int(ties[np.argmin(order[ties])])
+            j = int(order[pos])
+            if not gain >= eps or (ridge == 0.0 and gain <= tol):
+                stopped = True
+                break
+            picks.append(j)
+            gains.append(gain)
+            picked[j] = True
+            if len(picks) == k:
+                break
+            b = B[j]
+            u = (b - proj.apply(b)) / math.sqrt(gain)
+            proj.add(u)
+            # einsum, not BLAS: a multi-threaded matrix-vector product per pick stalls when the cores are busy
+            e = np.einsum("ij,j->i", win_b[:size], u, out=e_buf[:size])
+            e *= e
+            win_gain[:size] -= e
+            win_gain[pos] = -math.inf
+            if proj.size == block or 4 * size > n:
+                break
+        if stopped or len(picks) == k:
+            break
+        # End of the block: apply the pending directions to every item.
+        e_blk = B @ proj.rows.T
+        base2 -= np.einsum("ij,ij->i", e_blk, e_blk)
+        base2[picked] = -math.inf
+        proj.commit()
+        window0 = max(128, size // 2)
+    return DPPResult(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), stopped, n_fill)
+
+
+# --------------------------------------------------------------------------------------------------------
+# RBF kernel and the entry point
+
+
+def _normalise(F: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero."""
+    norms = np.linalg.norm(F, axis=1, keepdims=True)
+    return F / np.where(norms > 0, norms, 1.0)
+
+
+def _sq_dists(X: NDArray[np.float64], Y: NDArray[np.float64]) -> NDArray[np.float64]:
+    sx = np.einsum("ij,ij->i", X, X)
+    sy = np.einsum("ij,ij->i", Y, Y)
+    return np.maximum(sx[:, None] + sy[None, :] - 2.0 * (X @ Y.T), 0.0)
+
+
+def rbf_bandwidth(features: ArrayLike, *, sample: int = BANDWIDTH_SAMPLE, seed: int = 0) -> float:
+    """The median heuristic: the median Euclidean distance between distinct rows of ``features``, over
+    all pairs of a seeded sample of ``sample`` rows (all rows when there are fewer). Falls back to 1.0
+    when it is 0 or there are fewer than two rows. :func:`dpp_select` calls it on the L2-normalised
+    candidates."""
+    X = np.asarray(features, dtype=np.float64)
+    n = X.shape[0]
+    if n < 2:
+        return 1.0
+    if n > sample:
+        X = X[np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))]
+    dist = np.sqrt(_sq_dists(X, X)[np.triu_indices(X.shape[0], k=1)])
+    h = float(np.median(dist))
+    return h if h > 0 else 1.0
+
+
+def _rbf_greedy(
+    X: NDArray[np.float64],
+    q: NDArray[np.float64],
+    k: int,
+    *,
+    ridge: float,
+    bandwidth: float,
+    P: NDArray[np.float64],
+    qp: NDArray[np.float64],
+    eps: float,
+) -> DPPResult:
+    """Greedy MAP on ``L = diag(q) (S + ridge I) diag(q)``, ``S_ij = exp(-||x_i - x_j||^2 / (2 h^2))``,
+    rows computed on the fly; the preselected rows ``P`` are appended and forced."""
+    n = X.shape[0]
+    Z = np.concatenate([X, P]) if P.shape[0] else X
+    qz = np.concatenate([q, qp]) if P.shape[0] else q
+    sq = np.einsum("ij,ij->i", Z, Z)
+    diag = qz**2 * (1.0 + ridge)
+    scale = -0.5 / bandwidth**2
+    buf = np.empty(Z.shape[0])
+
+    def row(j: int) -> NDArray[np.float64]:
+        np.dot(Z, Z[j], out=buf)  # ||z_i - z_j||^2 = |z_i|^2 + |z_j|^2 - 2 <z_i, z_j>
+        np.multiply(buf, -2.0, out=buf)
+        np.add(buf, sq, out=buf)
+        np.add(buf, sq[j], out=buf)
+        np.maximum(buf, 0.0, out=buf)
+        np.multiply(buf, scale, out=buf)
+        np.exp(buf, out=buf)
+        np.multiply(buf, qz, out=buf)
+        np.multiply(buf, qz[j], out=buf)
+        buf[j] = diag[j]
+        return buf
+
+    return greedy_map_rows(diag, row, k, n_candidates=n, forced=range(n, Z.shape[0]), eps=eps)
+
+
+def dpp_select(
+    features: ArrayLike,
+    k: int,
+    *,
+    quality: ArrayLike | None = None,
+    kernel: str = "cosine",
+    ridge: float = 1e-3,
+    bandwidth: float | None = None,
+    fill: str = "ridge",
+    preselected_features: ArrayLike | None = None,
+    preselected_quality: ArrayLike | None = None,
+    eps: float = 1e-10,
+) -> DPPResult:
+    """Select ``k`` diverse, high-quality candidates: the greedy MAP of the DPP with kernel
+    ``L = diag(q) (S + ridge I) diag(q)`` (P3, arXiv 2408.05541; fast greedy of arXiv 1709.05135).
+
+    Features (and preselected features) are L2-normalised here (all-zero rows stay zero).
+
+    Args:
+        features: ``(N, d)`` candidate embeddings.
+        k: budget, ``0 <= k <= N``.
+        quality: ``(N,)`` positive per-example quality ``q``; default all ones.
+        kernel: ``"cosine"``: ``S = F F^T`` (low-rank path, :func:`greedy_map_lowrank`, ``O(N d)`` per
+            pick). ``"rbf"``: ``S_ij = exp(-||f_i - f_j||^2 / (2 bandwidth^2))``, full rank, rows computed
+            from the features on the fly (:func:`greedy_map_rows`, ``O(N k (k + d))`` time and an
+            ``N x k`` factor in memory: fine up to a few thousand candidates).
+        ridge: ``>= 0`` added to the diagonal of ``S``. It keeps the kernel full rank, so a budget larger
+            than the rank of the embeddings is met (cosine: the picks beyond the rank are the remaining
+            candidates by decreasing quality, see :func:`greedy_map_lowrank`). With ``ridge=0`` and
+            ``fill="ridge"`` the result may have fewer than ``k`` items (``stopped_early``).
+        bandwidth: RBF bandwidth; default :func:`rbf_bandwidth` of the normalised candidates (median
+            pairwise distance of a seeded sample of up to ``BANDWIDTH_SAMPLE`` rows).
+        fill: ``"ridge"``: one greedy run on the ridged kernel. ``"restart"``: the P3 public code's
+            behaviour when the budget exceeds the kernel's rank: ``ridge`` is not used; when the greedy
+            stops early the picked items are removed and the greedy reruns on the rest (unconditioned),
+            concatenating until ``k``. Preselected items condition the first run only.
+        preselected_features, preselected_quality: items to condition on (e.g. earlier rounds' picks);
+            not candidates, not returned, not counted in ``k``.
+        eps: stop a greedy run when the best gain falls below ``eps``.
+
+    Raises:
+        ValueError: unknown ``kernel`` or ``fill``, ``k`` larger than the number of candidates,
+            non-positive quality, negative ridge or bandwidth, shape mismatches.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is unknown: expected one of {', '.join(KERNELS)}")
+    if fill not in FILLS:
+        raise ValueError(f"fill={fill!r} is unknown: expected one of {', '.join(FILLS)}")
+    F = _normalise(_as_matrix(features, "features"))
+    n, dim = F.shape
+    k = _check_k(k, n)
+    q = _as_quality(quality, n)
+    ridge = _check_ridge(ridge)
+    eps = _check_eps(eps)
+    if preselected_features is None:
+        if preselected_quality is not None:
+            raise ValueError("preselected_quality is given without preselected_features")
+        P = np.empty((0, dim))
+    else:
+        P = _normalise(_as_matrix(preselected_features, "preselected_features"))
+        if P.shape[1] != dim:
+            raise ValueError(
+                f"preselected_features has {P.shape[1]} columns: expected {dim}, as many as features"
+            )
+    qp = _as_quality(preselected_quality, P.shape[0], "preselected_quality")
+    if kernel == "rbf":
+        if bandwidth is None:
+            bandwidth = rbf_bandwidth(F)
+        elif not (math.isfinite(bandwidth) and bandwidth > 0):
+            raise ValueError(f"bandwidth={bandwidth} is invalid: expected a finite value > 0")
+
+    def run(idx: NDArray[np.int64] | None, budget: int, conditioned: bool, r: float) -> DPPResult:
+        X = F if idx is None else F[idx]
+        qx = q if idx is None else q[idx]
+        Px = P if conditioned else P[:0]
+        qpx = qp if conditioned else qp[:0]
+        if kernel == "cosine":
+            return greedy_map_lowrank(
+                X, budget, quality=qx, ridge=r, preselected_features=Px, preselected_quality=qpx, eps=eps
+            )
+        return _rbf_greedy(X, qx, budget, ridge=r, bandwidth=float(bandwidth), P=Px, qp=qpx, eps=eps)
+
+    if fill == "ridge":
+        return run(None, k, True, ridge)
+
+    # fill == "restart": rerun on what is left whenever a run stops early, without the ridge.
+    remaining = np.arange(n)
+    picks: list[NDArray[np.int64]] = []
+    gains: list[NDArray[np.float64]] = []
+    count = 0
+    first_size = 0
+    first = True
+    while count < k:
+        res = run(None if first else remaining, k - count, first, 0.0)
+        chosen = res.indices if first else remaining[res.indices]
+        picks.append(chosen)
+        gains.append(res.gains)
+        count += chosen.size
+        if first:
+            first_size = chosen.size
+        if not res.stopped_early:
+            break
+        if chosen.size == 0 and not first:
+            # Every remaining candidate has L_ii < eps (all-zero embeddings): take them by L_ii.
+            diag = q[remaining] ** 2 * np.einsum("ij,ij->i", F[remaining], F[remaining])
+            order = np.argsort(-diag, kind="stable")[: k - count]
+            picks.append(remaining[order])
+            gains.append(diag[order])
+            count += order.size
+            break
+        remaining = np.setdiff1d(remaining, chosen, assume_unique=True)
+        first = False
+    indices = np.concatenate(picks).astype(np.int64)
+    return DPPResult(indices, np.concatenate(gains), False, int(indices.size - first_size))

@@ -1,0 +1,411 @@
+"""P3: policy-driven difficulty, pace-adaptive selection and diversity (arXiv 2408.05541), and the
+ablations and baselines built from the same parts.
+
+Each round (every ``reselect_every_n_epochs`` epochs) the method
+
+1. scores the pool with the current model (``difficulty.scorer``: ``likelihood``, ``steps``, ``pass_rate``
+   or the dataset's ``level`` labels; ``difficulty.dynamic=false`` scores once with the initial model);
+2. admits examples from easy to hard with a self-paced schedule (``pace``: the public code's growing
+   quantile, easiest 20% in round 1 and +20% a round, or an absolute lambda with a growth factor,
+   Kumar et al. 2010); the admitted set is never smaller than ``pace.candidate_factor`` x the budget, so
+   the diversity step always has a choice;
+3. picks the round's budget among the admitted examples with a DPP (``dpp``: kernel
+   ``L = diag(q) S diag(q)``, quality q = the score, S from embeddings; fast greedy MAP, Chen et al. 2018),
+   conditioned on the examples chosen in the previous round (``dpp.condition_on``) so that consecutive
+   rounds differ; without the DPP it takes a random subset of the admitted (or the easiest or hardest);
+4. trains on them with weight 1 (hard self-paced weights) or the soft SPL weights (``pace.weights``,
+   Jiang et al. 2014).
+
+Departures from the paper and its public code (2408.05541's method section and results could not be
+checked; the public code is the reference): the policy embedding is the mean-pooled last hidden state of
+the response (the code's first-token state is degenerate under causal attention), or the packaged MiniLM
+sentence embedder (default) or TF-IDF; the budget is a fraction of the pool per round rather than a fixed
+1,000; a budget beyond the rank of the embedding kernel is met by a ridge, ``S = F F^T + ridge I``, which
+makes the kernel full rank (or by the code's restarts, ``dpp.fill=restart``); the step score is computed in
+one pass instead of one per line (same value under causal attention). Beyond the embedding dimension the
+ridge kernel's repulsion weakens (a candidate's remaining similarity decays roughly like
+``ridge * q^2 * d / picks``), so quality weighs more in later picks; ``dpp.kernel=rbf`` keeps strong
+repulsion at any size, at O(N k^2) cost (pools of a few thousand).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from p3bench.algorithms.dpp import dpp_select
+from p3bench.algorithms.pace import SelfPacedSchedule
+from p3bench.embeddings import build_embedder, cached_embeddings
+from p3bench.errors import ConfigError
+from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
+from p3bench.registry import unknown_name_message
+from p3bench.scoring import SCORERS, ScoreResult, ScoringItems, build_scorer
+
+ORDERS = ("random", "easiest", "hardest")
+TRANSFORMS = ("one_minus", "neg_log")
+CONDITIONS = ("previous", "all", "none")
+TEXTS = ("prompt", "target", "prompt_and_target")
+SOFT_WEIGHTS = ("hard", "linear", "log")
+
+DIFFICULTY_DEFAULTS: dict[str, Any] = {
+    "scorer": "likelihood",
+    "dynamic": True,
+    "transform": "one_minus",
+    "kwargs": {},
+}
+PACE_DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "mode": "quantile",
+    "start": 0.2,
+    "step": 0.2,
+    "lambda0": None,
+    "growth": 1.3,
+    "weights": "hard",
+    "min_weight": 0.05,
+    "candidate_factor": 1.5,
+}
+DPP_DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "embedder": "minilm",
+    "embedder_kwargs": {},
+    "text": "prompt_and_target",
+    "kernel": "cosine",
+    "ridge": 1e-3,
+    "bandwidth": None,
+    "fill": "ridge",
+    "quality": True,
+    "condition_on": "previous",
+}
+
+
+def _merge(kind: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"method.{kind} has unknown keys {unknown}: expected some of {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"method.{key}={value!r} is not supported: expected one of {', '.join(choices)}")
+    return str(value)
+
+
+class P3(SelectionDataModule):
+    """P3 and its ablations: score -> pace -> DPP, once per round. See the module docstring."""
+
+    name = "p3"
+
+    #: the settings that make an ablation or baseline what it is, under whatever the caller passes
+    preset: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        *args: Any,
+        difficulty: Mapping[str, Any] | None = None,
+        pace: Mapping[str, Any] | None = None,
+        dpp: Mapping[str, Any] | None = None,
+        order: str | None = None,
+        reselect_every_n_epochs: int | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        preset = self.preset
+        if reselect_every_n_epochs is None:
+            reselect_every_n_epochs = int(preset.get("reselect_every_n_epochs", 1))
+        super().__init__(*args, reselect_every_n_epochs=reselect_every_n_epochs, **kwargs)
+        self.difficulty_cfg = _merge(
+            "difficulty", {**DIFFICULTY_DEFAULTS, **preset.get("difficulty", {})}, difficulty
+        )
+        self.pace_cfg = _merge("pace", {**PACE_DEFAULTS, **preset.get("pace", {})}, pace)
+        self.dpp_cfg = _merge("dpp", {**DPP_DEFAULTS, **preset.get("dpp", {})}, dpp)
+        order = preset.get("order", "random") if order is None else order
+        self.order = _choice("order", order, ORDERS)
+        self.progress = bool(progress)
+        scorer_name = self.difficulty_cfg["scorer"]
+        if scorer_name not in SCORERS:
+            raise ConfigError(unknown_name_message("difficulty scorer", scorer_name, SCORERS.names()))
+        _choice("difficulty.transform", self.difficulty_cfg["transform"], TRANSFORMS)
+        _choice("pace.weights", self.pace_cfg["weights"], SOFT_WEIGHTS)
+        _choice("dpp.condition_on", self.dpp_cfg["condition_on"], CONDITIONS)
+        _choice("dpp.text", self.dpp_cfg["text"], TEXTS)
+        if float(self.pace_cfg["candidate_factor"]) < 1.0:
+            raise ConfigError(
+                f"method.pace.candidate_factor={self.pace_cfg['candidate_factor']} must be >= 1"
+            )
+        scorer_kwargs = {"progress": self.progress, **dict(self.difficulty_cfg["kwargs"] or {})}
+        if scorer_name in ("likelihood", "steps"):
+            scorer_kwargs.setdefault("batch_size", self.eval_batch_size)
+        if scorer_name == "pass_rate":
+            scorer_kwargs.setdefault("seed", self.seed)
+        self.scorer = build_scorer(scorer_name, **scorer_kwargs)
+        self.static_scores: list[float] | None = None
+        self.lambda0: float | None = None
+        self._embeddings: np.ndarray | None = None
+
+    # state ---------------------------------------------------------------------------------------------------
+    def method_state(self) -> dict[str, Any]:
+        return {"static_scores": self.static_scores, "lambda0": self.lambda0}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        self.static_scores = state.get("static_scores")
+        self.lambda0 = state.get("lambda0")
+
+    # the round -------------------------------------------------------------------------------------------------
+    def select(self, ctx: SelectionContext) -> Selection:
+        n = len(self.pool)
+        k = self.budget_size
+        want_policy_features = self.dpp_cfg["enabled"] and self.dpp_cfg["embedder"] == "policy"
+        result, forward_tokens = self._scores(ctx, want_policy_features)
+        scores = np.clip(np.asarray(result.scores, dtype=float), 0.0, 1.0)
+        difficulty = self._difficulty(scores)
+
+        admitted = np.ones(n, dtype=bool)
+        schedule = None
+        if self.pace_cfg["enabled"]:
+            schedule = self._schedule(difficulty)
+            admitted = schedule.admitted(difficulty, ctx.round)
+        candidates = np.flatnonzero(admitted)
+        diagnostics: dict[str, Any] = {
+            "scorer": self.scorer.name,
+            "scored_this_round": result.forward_tokens > 0 or not self.scorer.needs_model,
+            "mean_score": float(scores.mean()),
+            "admitted": int(len(candidates)),
+            "admitted_fraction": len(candidates) / n,
+            **{f"score_{key}": value for key, value in result.diagnostics.items() if np.isscalar(value)},
+        }
+        if schedule is not None:
+            diagnostics["pace_threshold"] = float(schedule.threshold(difficulty, ctx.round))
+
+        if self.dpp_cfg["enabled"] and len(candidates) > k:
+            chosen, dpp_info, dpp_tokens = self._dpp(ctx, candidates, scores, result)
+            forward_tokens += dpp_tokens
+            diagnostics.update(dpp_info)
+        else:
+            chosen = self._ordered(ctx, candidates, difficulty, k)
+
+        weights = None
+        if schedule is not None and self.pace_cfg["weights"] != "hard":
+            soft = schedule.soft_weights(difficulty, ctx.round, self.pace_cfg["weights"])[chosen]
+            weights = np.maximum(soft, float(self.pace_cfg["min_weight"])).tolist()
+        previous = set(self.rounds[-1].ids) if self.rounds else set()
+        ids = [self.pool[i].id for i in chosen]
+        if previous:
+            diagnostics["jaccard_previous_round"] = len(previous & set(ids)) / len(previous | set(ids))
+        diagnostics["per_level"] = dict(
+            sorted(Counter(str(self.pool[i].meta.get("level")) for i in chosen).items())
+        )
+        return Selection(
+            ids=ids,
+            weights=weights,
+            scores=scores[chosen].tolist(),
+            diagnostics=diagnostics,
+            forward_tokens=forward_tokens,
+        )
+
+    # parts -----------------------------------------------------------------------------------------------------
+    def _items(self) -> ScoringItems:
+        return ScoringItems(
+            examples=self.pool,
+            encoded=self.encoded("train"),
+            indices=range(len(self.pool)),
+            tokenizer=self.tokenizer,
+            max_length=self.max_length,
+        )
+
+    def _scores(self, ctx: SelectionContext, want_features: bool) -> tuple[ScoreResult, int]:
+        """This round's scores: fresh from the current model, or the initial model's when static."""
+        static = not self.difficulty_cfg["dynamic"]
+        if static and self.static_scores is not None and not want_features:
+            return ScoreResult(scores=np.asarray(self.static_scores)), 0
+        if self.scorer.needs_model and ctx.module is None:
+            raise RuntimeError(
+                f"the {self.scorer.name!r} scorer needs the current model; run through the Trainer"
+            )
+        result = self.scorer.score(
+            ctx.module, self._items(), want_features=want_features and self.scorer.name == "likelihood"
+        )
+        tokens = result.forward_tokens
+        if static:
+            if self.static_scores is None:
+                self.static_scores = [float(v) for v in result.scores]
+            else:  # features only: keep the initial scores
+                result.scores = np.asarray(self.static_scores)
+        return result, tokens
+
+    def _difficulty(self, scores: np.ndarray) -> np.ndarray:
+        if self.difficulty_cfg["transform"] == "neg_log":
+            return -np.log(np.clip(scores, 1e-12, 1.0))
+        return 1.0 - scores
+
+    def _schedule(self, difficulty: np.ndarray) -> SelfPacedSchedule:
+        cfg = self.pace_cfg
+        min_admitted = min(len(difficulty), math.ceil(float(cfg["candidate_factor"]) * self.budget_size))
+        if cfg["mode"] == "lambda":
+            if cfg["lambda0"] is not None:
+                self.lambda0 = float(cfg["lambda0"])
+            elif self.lambda0 is None:
+                # the first round's lambda admits the `start` quantile of the first round's difficulties
+                self.lambda0 = float(np.quantile(difficulty, float(cfg["start"])))
+            return SelfPacedSchedule(
+                mode="lambda", lambda0=self.lambda0, growth=float(cfg["growth"]), min_admitted=min_admitted
+            )
+        return SelfPacedSchedule(
+            mode=cfg["mode"], start=float(cfg["start"]), step=float(cfg["step"]), min_admitted=min_admitted
+        )
+
+    def _ordered(
+        self, ctx: SelectionContext, candidates: np.ndarray, difficulty: np.ndarray, k: int
+    ) -> np.ndarray:
+        if len(candidates) <= k:
+            return candidates
+        if self.order == "random":
+            return np.sort(ctx.rng.choice(candidates, size=k, replace=False))
+        ranked = candidates[np.argsort(difficulty[candidates], kind="stable")]
+        return ranked[:k] if self.order == "easiest" else ranked[::-1][:k]
+
+    def _features(self, result: ScoreResult) -> tuple[np.ndarray, int]:
+        """Embeddings of the whole pool: the policy's (from this round's pass), or a sentence embedder's."""
+        name = self.dpp_cfg["embedder"]
+        if name == "policy":
+            if result.features is None:
+                raise ConfigError(
+                    "method.dpp.embedder=policy needs the likelihood scorer's pass (difficulty.scorer=likelihood)"
+                )
+            return np.asarray(result.features, dtype=np.float32), 0
+        if self._embeddings is None:
+            kwargs = dict(self.dpp_cfg["embedder_kwargs"] or {})
+            if name != "tfidf":  # the model-based embedders show a progress bar
+                kwargs.setdefault("progress", self.progress)
+            embedder = build_embedder(name, **kwargs)
+            self._embeddings = cached_embeddings(embedder, self._texts(), self.cache_dir)
+        return self._embeddings, 0
+
+    def _texts(self) -> list[str]:
+        field = self.dpp_cfg["text"]
+        if field == "prompt":
+            return [ex.prompt for ex in self.pool]
+        if field == "target":
+            return [ex.target for ex in self.pool]
+        return [f"{ex.prompt}\n{ex.target}" for ex in self.pool]
+
+    def _dpp(
+        self, ctx: SelectionContext, candidates: np.ndarray, scores: np.ndarray, result: ScoreResult
+    ) -> tuple[np.ndarray, dict[str, Any], int]:
+        cfg = self.dpp_cfg
+        features, tokens = self._features(result)
+        quality = np.clip(scores, 1e-6, 1.0) if cfg["quality"] else np.ones(len(scores))
+        conditioned: list[int] = []
+        if cfg["condition_on"] == "previous" and self.rounds:
+            conditioned = [self.index_of[i] for i in self.rounds[-1].ids]
+        elif cfg["condition_on"] == "all" and self.rounds:
+            conditioned = sorted({self.index_of[i] for r in self.rounds for i in r.ids})
+        outcome = dpp_select(
+            features[candidates],
+            self.budget_size,
+            quality=quality[candidates],
+            kernel=cfg["kernel"],
+            ridge=float(cfg["ridge"]),
+            bandwidth=None if cfg["bandwidth"] is None else float(cfg["bandwidth"]),
+            fill=cfg["fill"],
+            preselected_features=features[conditioned] if conditioned else None,
+            preselected_quality=quality[conditioned] if conditioned else None,
+        )
+        chosen = candidates[np.asarray(outcome.indices, dtype=np.int64)]
+        picked = features[chosen].astype(np.float64)
+        picked /= np.linalg.norm(picked, axis=1, keepdims=True).clip(min=1e-12)
+        total = picked.sum(axis=0)
+        m = len(chosen)
+        mean_similarity = float((total @ total - m) / (m * (m - 1))) if m > 1 else 0.0
+        info = {
+            "dpp_kernel": cfg["kernel"],
+            "dpp_conditioned_on": len(conditioned),
+            "dpp_stopped_early": bool(outcome.stopped_early),
+            "dpp_mean_pairwise_cosine": mean_similarity,
+        }
+        return chosen, info, tokens
+
+
+# The ablations and baselines: P3 with parts switched off or swapped (conf/method/<name>.yaml says the same).
+class P3NoDPP(P3):
+    """P3 without the DPP: policy difficulty and the pace, a random budget among the admitted."""
+
+    name = "p3_no_dpp"
+    preset: ClassVar[dict[str, Any]] = {"dpp": {"enabled": False}}
+
+
+class P3NoSPL(P3):
+    """P3 without the pace: the DPP with policy-difficulty quality over the whole pool every round."""
+
+    name = "p3_no_spl"
+    preset: ClassVar[dict[str, Any]] = {"pace": {"enabled": False}}
+
+
+class P3Static(P3):
+    """P3 with difficulty from the initial model only (scored once); pace and DPP still run every round."""
+
+    name = "p3_static"
+    preset: ClassVar[dict[str, Any]] = {"difficulty": {"dynamic": False}}
+
+
+class SelfPacedLearning(P3):
+    """Self-paced learning (Kumar, Packer & Koller, NeurIPS 2010): admit the examples whose current loss is
+    under lambda, which grows by ``pace.growth`` each round; a random budget among them; no DPP."""
+
+    name = "spl"
+    preset: ClassVar[dict[str, Any]] = {
+        "difficulty": {"transform": "neg_log"},
+        "pace": {"mode": "lambda"},
+        "dpp": {"enabled": False},
+    }
+
+
+class DiversityOnly(P3):
+    """One DPP selection over the whole pool (MiniLM embeddings, no quality term), made once before
+    training; no model is involved (the diversity half of P3 as a static baseline)."""
+
+    name = "dpp"
+    preset: ClassVar[dict[str, Any]] = {
+        "reselect_every_n_epochs": 0,
+        "difficulty": {"scorer": "uniform", "dynamic": False},
+        "pace": {"enabled": False},
+        "dpp": {"quality": False, "condition_on": "none"},
+    }
+
+
+class HardestFirst(P3):
+    """The budget's highest-loss examples under the current model, re-ranked every epoch."""
+
+    name = "hardest"
+    preset: ClassVar[dict[str, Any]] = {
+        "order": "hardest",
+        "pace": {"enabled": False},
+        "dpp": {"enabled": False},
+    }
+
+
+class EasiestFirst(P3):
+    """The budget's lowest-loss examples under the current model, re-ranked every epoch."""
+
+    name = "easiest"
+    preset: ClassVar[dict[str, Any]] = {
+        "order": "easiest",
+        "pace": {"enabled": False},
+        "dpp": {"enabled": False},
+    }
+
+
+class LevelCurriculum(P3):
+    """An easy-to-hard curriculum on the dataset's own level labels (Bengio et al., ICML 2009): the pace
+    admits levels from easy to hard (easiest 20% in round 1, +20% a round); a random budget among them."""
+
+    name = "curriculum"
+    preset: ClassVar[dict[str, Any]] = {
+        "difficulty": {"scorer": "level", "dynamic": False},
+        "dpp": {"enabled": False},
+    }

@@ -1,0 +1,174 @@
+"""What every difficulty scorer shares: the items to score, the result, and one batched forward pass over
+a pool (length-bucketed, under ``torch.inference_mode``, with a progress bar and a forward-token count).
+
+Scores are "probability of success" numbers in [0, 1]: higher means easier for the current model. The
+difficulty a pace schedule reads is ``1 - score``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from p3bench.data.example import Example
+from p3bench.models.collate import EncodedPool, EncodedSubset, TrainCollator
+
+
+@dataclass
+class ScoringItems:
+    """The pool examples a scorer looks at: ``indices`` into ``examples`` and their ``encoded`` tokens."""
+
+    examples: Sequence[Example]
+    encoded: EncodedPool
+    indices: Sequence[int]
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class ScoreResult:
+    """One score per scored item (in the order of ``ScoringItems.indices``), higher = easier, in [0, 1].
+
+    ``features`` (optional) are per-item vectors the pass produced as a by-product (the policy model's
+    mean-pooled hidden states); ``forward_tokens`` counts every non-padding token a model processed.
+    """
+
+    scores: np.ndarray
+    forward_tokens: int = 0
+    seconds: float = 0.0
+    features: np.ndarray | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def difficulty(self) -> np.ndarray:
+        return 1.0 - self.scores
+
+
+class Scorer:
+    """A difficulty measure. ``needs_model`` is False for scorers that read only the data (level labels)."""
+
+    name: str = "base"
+    needs_model: bool = True
+
+    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+        raise NotImplementedError
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Positions grouped into batches of at most ``batch_size`` examples of similar length (longest first),
+    so that a scoring pass spends little compute on padding. Deterministic."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def shard(n: int) -> tuple[list[int], int, int]:
+    """The positions of ``range(n)`` this process handles under torch.distributed (all of them otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return list(range(rank, n, world)), rank, world
+    return list(range(n)), 0, 1
+
+
+def gather_rows(
+    positions: list[int], rows: dict[str, np.ndarray], n: int, world: int
+) -> dict[str, np.ndarray]:
+    """Reassemble per-position arrays computed on each process into full arrays of length ``n``."""
+    if world == 1:
+        return rows
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, (positions, rows))
+    out: dict[str, np.ndarray] = {}
+    for key in rows:
+        first = next(p[1][key] for p in parts if len(p[0]))
+        full = np.zeros((n, *first.shape[1:]), dtype=first.dtype)
+        for part_positions, part_rows in parts:
+            if len(part_positions):
+                full[np.asarray(part_positions)] = part_rows[key]
+        out[key] = full
+    return out
+
+
+def all_reduce_sum(value: int) -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = torch.tensor([value], dtype=torch.long)
+        if torch.distributed.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        torch.distributed.all_reduce(tensor)
+        return int(tensor.item())
+    return value
+
+
+RowFunction = Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
+
+
+def forward_pass(
+    module: Any,
+    items: ScoringItems,
+    row_function: RowFunction,
+    *,
+    batch_size: int = 64,
+    output_hidden_states: bool = False,
+    progress: bool = True,
+    description: str = "scoring",
+) -> tuple[dict[str, np.ndarray], int]:
+    """Run the module's causal LM once over every item (teacher forcing, prompt + target) and collect
+    ``row_function(batch, outputs)``: a dict of per-example tensors. Returns the arrays in item order and
+    the number of non-padding tokens processed (summed over processes).
+
+    Batches are length-bucketed; the pass runs under ``torch.inference_mode`` in eval mode and restores the
+    module's training mode afterwards. Under torch.distributed each process scores its share and the rows
+    are gathered, so every process returns the same arrays.
+    """
+    positions, _, world = shard(len(items))
+    lengths = [items.encoded.num_tokens(items.indices[p], items.max_length) for p in positions]
+    batches = length_buckets(lengths, batch_size)
+    collate = TrainCollator(items.tokenizer.pad_token_id, items.max_length)
+    subset = EncodedSubset(items.encoded, [items.indices[p] for p in positions])
+    model = module.model
+    device = module.device
+    was_training = model.training
+    model.eval()
+    collected: dict[str, list[np.ndarray]] = {}
+    order: list[int] = []
+    tokens = 0
+    try:
+        with torch.inference_mode():
+            for batch_positions in tqdm(batches, desc=description, disable=not progress, leave=False):
+                batch = collate([subset[p] for p in batch_positions])
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                outputs = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    output_hidden_states=output_hidden_states,
+                )
+                for key, value in row_function(batch, outputs).items():
+                    collected.setdefault(key, []).append(value.float().cpu().numpy())
+                tokens += int(batch["attention_mask"].sum())
+                order.extend(positions[p] for p in batch_positions)
+    finally:
+        model.train(was_training)
+    rows = {}
+    by_position = np.argsort(np.asarray(order, dtype=np.int64), kind="stable")
+    for key, chunks in collected.items():
+        rows[key] = np.concatenate(chunks, axis=0)[by_position]
+    rows = gather_rows(sorted(order), rows, len(items), world)
+    return rows, all_reduce_sum(tokens)
+
+
+def timed(fn: Callable[[], ScoreResult]) -> ScoreResult:
+    start = time.perf_counter()
+    result = fn()
+    result.seconds = time.perf_counter() - start
+    return result

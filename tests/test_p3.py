@@ -1,0 +1,210 @@
+"""P3 (arXiv 2408.05541) through the real Trainer: each round scores the pool with the current model, the
+pace admits more of it, the DPP picks a diverse budget, and a resumed run makes the same next selection.
+Plus the diversity claims on real MATH embeddings and on planted near-duplicates."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from p3bench.algorithms.dpp import dpp_select
+from p3bench.data import load_dataset_splits
+from p3bench.data.synthetic_math import load_synthetic_math
+from p3bench.embeddings import build_embedder
+from p3bench.errors import ConfigError
+from p3bench.methods import METHODS
+from p3bench.methods.simple import RandomSubset
+from p3bench.models.factory import build_causal_lm
+from p3bench.models.module import SelectionLM
+from p3bench.models.tokenizer import train_local_tokenizer
+from tests.conftest import SHARED_DATA, compose_config, requires_shared_data
+from tests.test_contract import ARCH, CrashAtEpoch, trainer
+
+TFIDF = {"embedder": "tfidf", "embedder_kwargs": {"dim": 64}}
+
+
+@pytest.fixture(scope="module")
+def parts():
+    splits = load_synthetic_math(n_train=240, n_val=20, n_test=20, seed=3)
+    tokenizer = train_local_tokenizer([ex.prompt + ex.target for ex in splits.train], vocab_size=300)
+    return splits, tokenizer
+
+
+def make(parts, method: str = "p3", seed: int = 0, budget: float = 0.2, **kwargs):
+    splits, tokenizer = parts
+    pl.seed_everything(seed, verbose=False)
+    model = build_causal_lm({"architecture": ARCH}, tokenizer, offline=True)
+    module = SelectionLM(model, tokenizer, partial(torch.optim.AdamW, lr=3e-3), evaluator=lambda t, e: False)
+    kwargs.setdefault("dpp", TFIDF)
+    dm = METHODS.get(method)(
+        splits=splits,
+        tokenizer=tokenizer,
+        budget=budget,
+        seed=seed,
+        batch_size=16,
+        eval_batch_size=64,
+        max_length=96,
+        progress=False,
+        **kwargs,
+    )
+    return module, dm
+
+
+def test_p3_rescores_with_the_current_model_paces_and_reselects_each_epoch(parts):
+    module, dm = make(parts, budget=0.1)
+    trainer(None, max_epochs=2).fit(module, datamodule=dm)
+    first, second = dm.rounds
+    assert len(first.ids) == len(second.ids) == dm.budget_size
+    # the model changed, so did its scores and its selection
+    assert second.diagnostics["mean_score"] > first.diagnostics["mean_score"]
+    assert set(first.ids) != set(second.ids)
+    assert first.scores != second.scores
+    # the pace admits the easiest 20% in round 1 and 40% in round 2 (at least 1.5 x the budget of 24)
+    assert first.diagnostics["admitted"] == 48 and second.diagnostics["admitted"] == 96
+    # every selected example was admitted: its score is at least the round's threshold
+    for record in dm.rounds:
+        assert min(record.scores) >= 1.0 - record.diagnostics["pace_threshold"] - 1e-12
+        assert record.forward_tokens > 0
+    assert second.diagnostics["dpp_conditioned_on"] == dm.budget_size
+    assert 0.0 <= second.diagnostics["jaccard_previous_round"] < 1.0
+
+
+def test_resume_mid_run_makes_the_same_next_selection(parts, tmp_path: Path):
+    module, dm = make(parts)
+    trainer(None, max_epochs=3).fit(module, datamodule=dm)
+    expected = [r.ids for r in dm.rounds]
+
+    module, dm = make(parts)
+    crashing = trainer(tmp_path, max_epochs=3)
+    crashing.callbacks.append(CrashAtEpoch(2))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit(module, datamodule=dm)
+    # the checkpoint holds rounds 0 and 1: round 2 is selected again, by the restored model
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert len(checkpoint["P3"]["rounds"]) == 2
+
+    module, resumed = make(parts)
+    trainer(tmp_path, max_epochs=3).fit(module, datamodule=resumed, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert [r.ids for r in resumed.rounds] == expected
+
+
+def test_static_difficulty_scores_once_and_keeps_the_initial_scores(parts, tmp_path: Path):
+    module, dm = make(parts, difficulty={"dynamic": False})
+    trainer(None, max_epochs=2).fit(module, datamodule=dm)
+    first, second = dm.rounds
+    assert first.forward_tokens > 0 and second.forward_tokens == 0
+    assert len(dm.static_scores) == len(dm.pool)
+    assert second.diagnostics["admitted"] > first.diagnostics["admitted"]
+
+
+@pytest.mark.parametrize("method", ["hardest", "easiest", "curriculum", "spl", "p3_no_dpp", "p3_no_spl"])
+def test_ablations_and_baselines_select_what_they_say(parts, method):
+    overrides: dict = {}
+    module, dm = make(parts, method=method, **overrides)
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    scores = np.array(record.scores)
+    if method in ("hardest", "easiest"):
+        # round 0 was selected by the initial model: rebuild it (same seed) and score the whole pool
+        initial, _ = make(parts, method=method)
+        all_scores = np.sort(dm.scorer.score(initial, dm._items()).scores)
+        np.testing.assert_allclose(
+            np.sort(scores),
+            all_scores[: dm.budget_size] if method == "hardest" else all_scores[-dm.budget_size :],
+        )
+    if method == "curriculum":
+        levels = Counter(dm.pool[dm.index_of[i]].meta["level"] for i in record.ids)
+        lowest = min(ex.meta["level"] for ex in dm.pool)
+        assert set(levels) == {lowest} or max(levels) <= lowest + 1
+        assert record.forward_tokens == 0
+    if method == "p3_no_spl":
+        assert record.diagnostics["admitted"] == len(dm.pool)
+    if method == "spl":
+        assert dm.lambda0 is not None
+
+
+def test_bad_method_options_are_one_line_errors(parts):
+    with pytest.raises(
+        ConfigError, match="unknown difficulty scorer 'likelyhood'.*did you mean 'likelihood'"
+    ):
+        make(parts, difficulty={"scorer": "likelyhood"})
+    with pytest.raises(ConfigError, match=r"method.pace has unknown keys \['speed'\]"):
+        make(parts, pace={"speed": 2})
+    with pytest.raises(ConfigError, match="method.dpp.condition_on='sometimes'"):
+        make(parts, dpp={"condition_on": "sometimes"})
+    with pytest.raises(ConfigError, match="policy needs the likelihood scorer"):
+        module, dm = make(parts, difficulty={"scorer": "level"}, dpp={"embedder": "policy"})
+        trainer(None, max_epochs=1).fit(module, datamodule=dm)
+
+
+def test_method_configs_say_what_the_classes_do(parts, tmp_path: Path, cache_dir: Path):
+    """Each P3-family config, composed as the CLI does, resolves to the same settings as its class alone."""
+    for method in (
+        "p3",
+        "p3_no_dpp",
+        "p3_no_spl",
+        "p3_static",
+        "spl",
+        "dpp",
+        "hardest",
+        "easiest",
+        "curriculum",
+    ):
+        cfg = compose_config([f"method={method}"], tmp_path, cache_dir)
+        kwargs = OmegaConf.to_container(cfg.method, resolve=True)
+        assert kwargs.pop("name") == method and kwargs.pop("progress") is True
+        _, from_config = make(parts, method=method, **{"dpp": {}, **kwargs})
+        _, from_class = make(parts, method=method, dpp={})
+        for attribute in ("difficulty_cfg", "pace_cfg", "dpp_cfg", "order", "reselect_every_n_epochs"):
+            assert getattr(from_config, attribute) == getattr(from_class, attribute), (method, attribute)
+        assert type(from_config).name == method
+
+
+def redundant_picks(pool, ids) -> int:
+    """Selected examples beyond the first of each near-duplicate group."""
+    groups = Counter(pool[i].meta["dup_group"] for i in ids if pool[i].meta["dup_group"] is not None)
+    return sum(n - 1 for n in groups.values())
+
+
+@pytest.mark.parametrize(("kernel", "budget"), [("cosine", 0.3), ("rbf", 0.5)])
+def test_dpp_rarely_selects_planted_near_duplicates_together(kernel, budget):
+    splits = load_synthetic_math(n_train=1000, n_val=10, n_test=10, seed=7, duplicate_rate=0.2)
+    pool = splits.train
+    features = build_embedder("tfidf", dim=512).embed([ex.prompt for ex in pool])
+    k = int(budget * len(pool))  # cosine: k below the kernel's rank; rbf: full rank
+    chosen = dpp_select(features, k, kernel=kernel, ridge=1e-3, bandwidth=0.3 if kernel == "rbf" else None)
+    dpp_redundant = redundant_picks(pool, chosen.indices.tolist())
+    rng = np.random.default_rng(0)
+    random_redundant = [redundant_picks(pool, rng.choice(len(pool), k, replace=False)) for _ in range(20)]
+    assert np.mean(random_redundant) >= 4 * max(dpp_redundant, 1), (dpp_redundant, random_redundant)
+
+
+@requires_shared_data
+@pytest.mark.shared_data
+def test_dpp_sets_are_less_similar_than_random_sets_on_math_problems():
+    splits = load_dataset_splits(
+        "math", data_files=str(SHARED_DATA / "math" / "train.jsonl"), val_size=10, test_size=10, max_train=600
+    )
+    features = build_embedder("minilm", progress=False).embed([ex.prompt for ex in splits.train])
+
+    def mean_pairwise(indices) -> float:
+        f = features[np.asarray(indices)].astype(np.float64)
+        total = f.sum(axis=0)
+        return float((total @ total - len(f)) / (len(f) * (len(f) - 1)))
+
+    k = 60
+    dpp_similarity = mean_pairwise(dpp_select(features, k, kernel="cosine").indices)
+    rng = np.random.default_rng(0)
+    random_similarity = [mean_pairwise(rng.choice(len(features), k, replace=False)) for _ in range(50)]
+    assert dpp_similarity < min(random_similarity), (dpp_similarity, min(random_similarity))
+
+
+def test_random_baseline_is_still_registered():
+    assert METHODS.get("random") is RandomSubset
