@@ -74,6 +74,8 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         scheduler=cfg.model.scheduler,
         evaluator=evaluator,
         max_new_tokens=cfg.dataset.max_new_tokens,
+        test_sampling=OmegaConf.to_container(cfg.test_sampling, resolve=True),
+        seed=int(cfg.seed),
     )
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
@@ -202,6 +204,8 @@ def build_results(
                 split: len(getattr(datamodule.splits, split)) for split in ("train", "validation", "test")
             },
             "info": datamodule.splits.info,
+            # for code tasks: the isolation the sandbox ran programs under
+            **({"execution": execution_report()} if datamodule.splits.task == "code" else {}),
         },
         "selection": selection,
         "metrics": dict(sorted(metrics.items())),
@@ -229,6 +233,18 @@ def build_results(
         },
         "versions": package_versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def execution_report() -> dict[str, Any]:
+    """Whether code execution was on, with which limits, and the isolation this machine gave it."""
+    from p3bench.execution import code_execution_allowed, execution_settings, isolation_report
+
+    settings = execution_settings()
+    return {
+        "allowed": code_execution_allowed(),
+        "settings": {k: v for k, v in vars(settings).items() if isinstance(v, (bool, int, float, str))},
+        "isolation": isolation_report(),
     }
 
 

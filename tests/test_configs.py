@@ -57,13 +57,16 @@ def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path
     if composed.model.name == "hf":
         # a paper-setting experiment (hub model, GPU): run everything else with the tiny model on the CPU
         overrides += ["model=tiny", "model.name_or_path=null", "model.lora=null", "model.dtype=float32"]
-        overrides += ["trainer=default", "offline=true", "budget=0.1", "dataset.params.max_train=300"]
+        overrides += ["trainer=default", "offline=true", "budget=0.1", "++dataset.params.max_train=300"]
         overrides += ["dataset.max_length=256", "dataset.max_new_tokens=16", "loader.eval_batch_size=16"]
     if "dpp" in composed.method and composed.method.dpp.enabled:
         # the packaged MiniLM embedder is tested on its own; TF-IDF keeps this check fast
         overrides += ["method.dpp.embedder=tfidf"]
+    if composed.dataset.name == "apps":
+        # the tiny model's programs run in the sandbox: code execution is opt-in
+        overrides += ["dataset.params.allow_code_execution=true"]
     cfg = compose_config(overrides, tmp_path, cache_dir)
-    if cfg.dataset.name in ("math", "gsm8k") and not SHARED_DATA.is_dir():
+    if cfg.dataset.name in ("math", "gsm8k", "apps") and not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     results = train_and_evaluate(cfg)
     assert results["status"] == "ok"

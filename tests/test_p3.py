@@ -130,6 +130,23 @@ def test_ablations_and_baselines_select_what_they_say(parts, method):
         assert dm.lambda0 is not None
 
 
+def test_pass_rate_difficulty_through_the_trainer_uses_the_run_evaluator(parts):
+    splits, tokenizer = parts
+    module, dm = make(parts, difficulty={"scorer": "pass_rate", "kwargs": {"k": 2, "max_new_tokens": 8}})
+    checked = []
+
+    def evaluator(text: str, example) -> bool:
+        checked.append(example.id)
+        return len(text) % 2 == 0
+
+    module.evaluator = evaluator
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    assert len(checked) == 2 * len(dm.pool)
+    assert record.diagnostics["score_k"] == 2 and 0.0 <= record.diagnostics["score_mean_pass_rate"] <= 1.0
+    assert set(record.scores) <= {0.0, 0.5, 1.0} and record.forward_tokens > 0
+
+
 def test_bad_method_options_are_one_line_errors(parts):
     with pytest.raises(
         ConfigError, match="unknown difficulty scorer 'likelyhood'.*did you mean 'likelihood'"

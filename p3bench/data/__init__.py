@@ -10,6 +10,7 @@ DATASETS: Registry = Registry("dataset")
 DATASETS.register_lazy("synthetic_math", "p3bench.data.synthetic_math:load_synthetic_math")
 DATASETS.register_lazy("math", "p3bench.data.math:load_math")
 DATASETS.register_lazy("gsm8k", "p3bench.data.gsm8k:load_gsm8k")
+DATASETS.register_lazy("apps", "p3bench.data.apps:load_apps")
 
 
 def load_dataset_splits(name: str, **params) -> DatasetSplits:

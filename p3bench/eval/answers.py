@@ -238,6 +238,7 @@ Evaluator = Callable[[str, Example], bool]
 #: Dataset name -> ``(generated_text, example) -> bool``. ``generated_text`` is the model's continuation of
 #: ``example.prompt`` (not prompt + continuation); the gold answer is ``example.answer``.
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
+EVALUATORS.register_lazy("apps", "p3bench.execution.apps:evaluate_apps")
 
 
 @EVALUATORS.register("math")

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from p3bench.execution.metrics import pass_at_k
 from p3bench.models.losses import per_example_nll, target_token_counts
 
 
@@ -32,6 +33,8 @@ class SelectionLM(pl.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         evaluator: Callable[[str, Any], bool] | None = None,
         max_new_tokens: int = 64,
+        test_sampling: Mapping[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -40,6 +43,12 @@ class SelectionLM(pl.LightningModule):
         self.scheduler_cfg = dict(scheduler) if scheduler else None
         self.evaluator = evaluator
         self.max_new_tokens = max_new_tokens
+        sampling = dict(test_sampling or {})
+        self.test_samples = int(sampling.get("n", 0))
+        self.sample_temperature = float(sampling.get("temperature", 0.8))
+        self.sample_top_p = float(sampling.get("top_p", 0.95))
+        self.pass_at = sorted(int(k) for k in sampling.get("pass_at_k", [1]) if int(k) <= self.test_samples)
+        self.seed = int(seed)
         self.train_tokens = 0
         self.train_target_tokens = 0
         self.train_examples = 0
@@ -89,20 +98,52 @@ class SelectionLM(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_records = []
 
+    @torch.no_grad()
+    def sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, seed: int) -> list[str]:
+        """``n`` sampled continuations per prompt (grouped by prompt), seeded, leaving the global RNG alone."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=True,
+                temperature=self.sample_temperature,
+                top_p=self.sample_top_p,
+                num_return_sequences=n,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        return self.tokenizer.batch_decode(output[:, input_ids.size(1) :], skip_special_tokens=True)
+
+    def check(self, text: str, example: Any) -> dict[str, Any]:
+        """The evaluator's verdict, with its numeric details when it offers them (``evaluator.details``,
+        e.g. the test-case average of a program)."""
+        details = getattr(self.evaluator, "details", None)
+        if details is None:
+            return {"correct": bool(self.evaluator(text, example))}
+        record = dict(details(text, example))
+        record["correct"] = bool(record["correct"])
+        return record
+
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         if self.evaluator is None:
             raise RuntimeError("testing needs an evaluator for the dataset's answers")
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
-        for text, example in zip(texts, batch["examples"], strict=True):
-            self.test_records.append(
-                {
-                    "id": example.id,
-                    "level": example.meta.get("level"),
-                    "correct": bool(self.evaluator(text, example)),
-                    "generated": text,
-                    "answer": example.answer,
-                }
-            )
+        samples: list[str] = []
+        if self.test_samples > 0:
+            seed = self.seed * 1_000_003 + int(batch["index"][0])
+            samples = self.sample(batch["input_ids"], batch["attention_mask"], self.test_samples, seed)
+        n = self.test_samples
+        for row, (text, example) in enumerate(zip(texts, batch["examples"], strict=True)):
+            record = {"id": example.id, "level": example.meta.get("level"), **self.check(text, example)}
+            if n:
+                correct = sum(bool(self.evaluator(t, example)) for t in samples[row * n : (row + 1) * n])
+                record["samples_correct"] = correct
+                record.update({f"pass@{k}": pass_at_k(n, correct, k) for k in self.pass_at})
+            record.update(generated=text, answer=example.answer)
+            self.test_records.append(record)
 
     def on_test_epoch_end(self) -> None:
         records = self.test_records
@@ -164,17 +205,25 @@ class SelectionLM(pl.LightningModule):
         self.train_examples = int(counters.get("train_examples", 0))
 
 
+NOT_METRICS = ("id", "level", "correct", "generated", "answer", "samples_correct")
+
+
 def accuracy_by_level(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Overall accuracy, per-level accuracy (``accuracy_level_K``) and the count of checked examples."""
+    """Overall accuracy, per-level accuracy (``accuracy_level_K``) and the count of checked examples, and
+    the same for every other numeric field the records carry (``test_case_average``, ``pass@k``)."""
     if not records:
         return {}
-    by_level: dict[Any, list[bool]] = defaultdict(list)
-    for record in records:
-        by_level[record.get("level")].append(record["correct"])
-    metrics = {
-        "accuracy": sum(r["correct"] for r in records) / len(records),
-        "n_examples": float(len(records)),
-    }
-    for level in sorted(k for k in by_level if k is not None):
-        metrics[f"accuracy_level_{level}"] = sum(by_level[level]) / len(by_level[level])
+    fields = ["accuracy"] + sorted(
+        {k for r in records for k, v in r.items() if k not in NOT_METRICS and isinstance(v, (int, float))}
+    )
+    metrics = {"n_examples": float(len(records))}
+    for name in fields:
+        key = "correct" if name == "accuracy" else name
+        rows = [r for r in records if isinstance(r.get(key), (bool, int, float))]
+        by_level: dict[Any, list[float]] = defaultdict(list)
+        for r in rows:
+            by_level[r.get("level")].append(float(r[key]))
+        metrics[name] = sum(float(r[key]) for r in rows) / len(rows)
+        for level in sorted(k for k in by_level if k is not None):
+            metrics[f"{name}_level_{level}"] = sum(by_level[level]) / len(by_level[level])
     return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,10 +145,20 @@ def forward_pass(
     order: list[int] = []
     tokens = 0
     try:
-        with torch.inference_mode():
-            for batch_positions in tqdm(batches, desc=description, disable=not progress, leave=False):
-                batch = collate([subset[p] for p in batch_positions])
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+        def prepare(batch_positions: list[int]) -> dict[str, torch.Tensor]:
+            batch = collate([subset[p] for p in batch_positions])
+            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+        # the next batch is collated in a thread while the model runs on this one (torch releases the GIL)
+        with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as prefetch:
+            upcoming = prefetch.submit(prepare, batches[0]) if batches else None
+            for n, batch_positions in enumerate(
+                tqdm(batches, desc=description, disable=not progress, leave=False)
+            ):
+                batch = upcoming.result()
+                if n + 1 < len(batches):
+                    upcoming = prefetch.submit(prepare, batches[n + 1])
                 outputs = model(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
