@@ -225,3 +225,54 @@ def test_dpp_sets_are_less_similar_than_random_sets_on_math_problems():
 
 def test_random_baseline_is_still_registered():
     assert METHODS.get("random") is RandomSubset
+
+
+@requires_shared_data
+@pytest.mark.shared_data
+def test_code_pass_rate_runs_each_sampled_program_against_the_tests_in_the_sandbox():
+    """P3's pass_rate difficulty on APPS: k programs sampled per problem by the current model, each run on
+    the problem's tests in the sandbox (through the apps evaluator's pooled checker)."""
+    from p3bench.eval.answers import EVALUATORS
+    from p3bench.execution import configure_execution
+
+    splits = load_dataset_splits(
+        "apps",
+        data_files=str(SHARED_DATA / "apps" / "apps_mini_val_150.jsonl"),
+        max_train=6,
+        allow_code_execution=True,
+        execution={"per_test_timeout_s": 2.0},
+    )
+    try:
+        tokenizer = train_local_tokenizer([ex.prompt + ex.target for ex in splits.train], vocab_size=400)
+        pl.seed_everything(0, verbose=False)
+        model = build_causal_lm(
+            {"architecture": {**ARCH, "max_position_embeddings": 4096}}, tokenizer, offline=True
+        )
+        evaluate = EVALUATORS.get("apps")
+        checked: list[int] = []
+
+        def counting_batch(pairs):
+            checked.append(len(pairs))
+            return evaluate.batch(pairs)
+
+        def evaluator(text, example):
+            return evaluate(text, example)
+
+        evaluator.batch = counting_batch
+        module = SelectionLM(model, tokenizer, partial(torch.optim.AdamW, lr=1e-3), evaluator=evaluator)
+        module.max_new_tokens = 12
+        dm = METHODS.get("p3_no_dpp")(
+            splits=splits,
+            tokenizer=tokenizer,
+            budget=3,
+            max_length=512,
+            eval_batch_size=3,
+            progress=False,
+            difficulty={"scorer": "pass_rate", "kwargs": {"k": 2, "batch_size": 3}},
+        )
+        trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    finally:
+        configure_execution(False)
+    (record,) = dm.rounds
+    assert sum(checked) == 2 * len(splits.train)  # every sampled program was checked
+    assert set(record.scores) <= {0.0, 0.5, 1.0} and record.forward_tokens > 0

@@ -375,4 +375,12 @@ def apps_details(generated_text: str, example: Example) -> dict[str, float | boo
     return {"correct": result.strict, "test_case_average": result.test_case_average}
 
 
+def apps_batch(pairs: Sequence[tuple[str, Example]]) -> list[bool]:
+    """Strict verdicts for many ``(generated_text, example)`` pairs, checked on the configured pool of
+    workers (``evaluate_apps.batch``: how the pass-rate scorer checks k samples of many problems)."""
+    items = [(extract_program(text), _example_tests(example)) for text, example in pairs]
+    return [result.strict for result in check_programs(items, stop_on_failure=True)]
+
+
 evaluate_apps.details = apps_details  # type: ignore[attr-defined]
+evaluate_apps.batch = apps_batch  # type: ignore[attr-defined]

@@ -107,11 +107,14 @@ class PassRateScorer(Scorer):
                         generated = output[:, input_ids.size(1) :]
                         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
                         tokens += self.k * int(attention.sum()) + generated_token_count(generated, tokenizer)
-                        for n, i in enumerate(pool_indices):
-                            example = items.examples[i]
-                            hits = sum(
-                                bool(checker(t, example)) for t in texts[n * self.k : (n + 1) * self.k]
-                            )
+                        pairs = [
+                            (t, items.examples[i])
+                            for n, i in enumerate(pool_indices)
+                            for t in texts[n * self.k : (n + 1) * self.k]
+                        ]
+                        verdicts = check_all(checker, pairs)
+                        for n in range(len(pool_indices)):
+                            hits = sum(verdicts[n * self.k : (n + 1) * self.k])
                             correct[local[positions[batch_positions[n]]]] = hits / self.k
             finally:
                 model.train(was_training)
@@ -127,6 +130,15 @@ class PassRateScorer(Scorer):
             )
 
         return timed(run)
+
+
+def check_all(checker: Callable[[str, Example], bool], pairs: list[tuple[str, Example]]) -> list[bool]:
+    """Verdicts for many (text, example) pairs: through ``checker.batch`` when the checker offers one (the
+    APPS evaluator checks programs on a pool of sandbox workers), else one at a time."""
+    batch = getattr(checker, "batch", None)
+    if batch is not None:
+        return [bool(v) for v in batch(pairs)]
+    return [bool(checker(text, example)) for text, example in pairs]
 
 
 def generated_token_count(generated: torch.Tensor, tokenizer: Any) -> int:
