@@ -276,3 +276,22 @@ def test_code_pass_rate_runs_each_sampled_program_against_the_tests_in_the_sandb
     (record,) = dm.rounds
     assert sum(checked) == 2 * len(splits.train)  # every sampled program was checked
     assert set(record.scores) <= {0.0, 0.5, 1.0} and record.forward_tokens > 0
+
+
+def test_budget_is_met_when_the_dpp_cannot_tell_examples_apart(parts):
+    """Pass rate 0 everywhere: every quality is at its floor, the DPP stops early, the rest is random."""
+    module, dm = make(parts, difficulty={"scorer": "pass_rate", "kwargs": {"k": 1, "max_new_tokens": 4}})
+    module.evaluator = lambda text, example: False
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    assert len(record.ids) == dm.budget_size
+    assert record.diagnostics["dpp_topped_up_at_random"] > 0
+
+
+def test_config_mistakes_fail_at_construction(parts):
+    with pytest.raises(ConfigError, match="pace.weights=log needs difficulties in"):
+        make(parts, pace={"weights": "log", "mode": "lambda"})
+    with pytest.raises(ConfigError, match="method.dpp.kernel='gaussian'"):
+        make(parts, dpp={"kernel": "gaussian"})
+    with pytest.raises(ConfigError, match="lambda0=0"):
+        make(parts, pace={"lambda0": 0})

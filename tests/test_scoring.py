@@ -172,3 +172,39 @@ def test_level_scores_order_examples_by_their_level(setup):
     assert np.all(np.diff(levels[order]) >= 0)
     assert result.forward_tokens == 0
     assert "uniform" in SCORERS and "pass_rate" in SCORERS
+
+
+def test_length_buckets_respect_a_token_budget():
+    lengths = [50, 40, 30, 20, 10, 5]
+    batches = length_buckets(lengths, batch_size=4, max_tokens=100)
+    assert sorted(p for b in batches for p in b) == list(range(6))
+    assert all(lengths[b[0]] * len(b) <= 100 or len(b) == 1 for b in batches)
+    assert max(len(b) for b in batches) <= 4
+    assert length_buckets([500], batch_size=4, max_tokens=100) == [[0]]  # one example always fits
+
+
+def test_examples_with_no_target_left_are_scored_hardest(setup):
+    splits, tokenizer, module, encoded, items = setup
+    longest_prompt = max(len(p) for p in encoded.prompt_ids)
+    cut = ScoringItems(splits.train, encoded, items.indices, tokenizer, max_length=longest_prompt)
+    no_target = [i for i in items.indices if len(encoded.prompt_ids[i]) >= longest_prompt]
+    assert no_target
+    for name in ("likelihood", "steps"):
+        result = build_scorer(name, progress=False).score(module, cut, want_features=name == "likelihood")
+        assert all(result.scores[i] == 0.0 for i in no_target), name
+        assert np.all(np.isfinite(result.features)) if result.features is not None else True
+    assert build_scorer("likelihood", progress=False).score(module, cut).diagnostics["no_target"] == len(
+        no_target
+    )
+
+
+def test_pass_rate_samples_are_seeded_by_the_round(setup):
+    splits, tokenizer, module, encoded, items = setup
+    subset = ScoringItems(splits.train, encoded, list(range(10)), tokenizer, MAX_LENGTH)
+    module.max_new_tokens = 6
+    scorer = build_scorer("pass_rate", k=4, seed=1, checker=lambda t, e: len(t) % 2 == 0, progress=False)
+    first = scorer.score(module, subset, round=3).scores
+    again = build_scorer("pass_rate", k=4, seed=1, checker=lambda t, e: len(t) % 2 == 0, progress=False)
+    np.testing.assert_array_equal(first, again.score(module, subset, round=3).scores)  # a resumed round
+    others = [scorer.score(module, subset, round=r).scores for r in (4, 5)]
+    assert any(not np.array_equal(first, o) for o in others)

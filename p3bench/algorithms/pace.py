@@ -269,7 +269,11 @@ class SelfPacedSchedule:
         mask = self.admitted(difficulty, round)
         if kind == "hard" or not mask.any():
             return mask.astype(np.float64)
-        weights = spl_weights(difficulty, self.lam(difficulty, round), kind)
+        lam = self.lam(difficulty, round)
+        if kind == "log" and lam > 1.0 and self.threshold(difficulty, round) <= 1.0:
+            # the quantile reached difficulty 1 (e.g. a score of 0): lambda stays just inside log's domain
+            lam = float(np.nextafter(1.0, 0.0))
+        weights = spl_weights(difficulty, lam, kind)
         weights[~mask] = 0.0
         return weights
 

@@ -26,7 +26,7 @@ import math
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from p3bench.data.example import Example
@@ -270,3 +270,12 @@ def evaluate_synthetic_math(generated_text: str, example: Example) -> bool:
     if _INTEGER.fullmatch(pred_clean) and _INTEGER.fullmatch(gold_clean):
         return int(pred_clean) == int(gold_clean)
     return math_answers_equal(pred, gold)
+
+
+def check_all(evaluator: Evaluator, pairs: Sequence[tuple[str, Example]]) -> list[bool]:
+    """Verdicts for many ``(generated_text, example)`` pairs: through ``evaluator.batch`` when the evaluator
+    offers one (the APPS evaluator checks programs on a pool of sandbox workers), else one at a time."""
+    batch = getattr(evaluator, "batch", None)
+    if batch is not None:
+        return [bool(v) for v in batch(list(pairs))]
+    return [bool(evaluator(text, example)) for text, example in pairs]

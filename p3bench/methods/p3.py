@@ -30,6 +30,7 @@ repulsion at any size, at O(N k^2) cost (pools of a few thousand).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from p3bench.algorithms.dpp import dpp_select
+from p3bench.algorithms.dpp import FILLS, KERNELS, dpp_select
 from p3bench.algorithms.pace import SelfPacedSchedule
 from p3bench.embeddings import build_embedder, cached_embeddings
 from p3bench.errors import ConfigError
@@ -50,6 +51,7 @@ TRANSFORMS = ("one_minus", "neg_log")
 CONDITIONS = ("previous", "all", "none")
 TEXTS = ("prompt", "target", "prompt_and_target")
 SOFT_WEIGHTS = ("hard", "linear", "log")
+PACE_MODES = ("quantile", "lambda")
 
 DIFFICULTY_DEFAULTS: dict[str, Any] = {
     "scorer": "likelihood",
@@ -134,6 +136,25 @@ class P3(SelectionDataModule):
         _choice("pace.weights", self.pace_cfg["weights"], SOFT_WEIGHTS)
         _choice("dpp.condition_on", self.dpp_cfg["condition_on"], CONDITIONS)
         _choice("dpp.text", self.dpp_cfg["text"], TEXTS)
+        _choice("pace.mode", self.pace_cfg["mode"], PACE_MODES)
+        _choice("dpp.kernel", self.dpp_cfg["kernel"], KERNELS)
+        _choice("dpp.fill", self.dpp_cfg["fill"], FILLS)
+        if self.pace_cfg["lambda0"] is not None and not float(self.pace_cfg["lambda0"]) > 0:
+            raise ConfigError(
+                f"method.pace.lambda0={self.pace_cfg['lambda0']} must be > 0 (or null: automatic)"
+            )
+        if self.pace_cfg["weights"] == "log" and (
+            self.pace_cfg["mode"] != "quantile" or self.difficulty_cfg["transform"] != "one_minus"
+        ):
+            raise ConfigError(
+                "method.pace.weights=log needs difficulties in [0, 1]: expected pace.mode=quantile and "
+                "difficulty.transform=one_minus"
+            )
+        if self.dpp_cfg["enabled"] and self.dpp_cfg["embedder"] == "policy" and scorer_name != "likelihood":
+            raise ConfigError(
+                f"method.dpp.embedder=policy needs the likelihood scorer's pass: difficulty.scorer={scorer_name!r}"
+                " has none (use likelihood, or an embedder such as minilm)"
+            )
         if float(self.pace_cfg["candidate_factor"]) < 1.0:
             raise ConfigError(
                 f"method.pace.candidate_factor={self.pace_cfg['candidate_factor']} must be >= 1"
@@ -147,6 +168,7 @@ class P3(SelectionDataModule):
         self.static_scores: list[float] | None = None
         self.lambda0: float | None = None
         self._embeddings: np.ndarray | None = None
+        self._ties: np.ndarray | None = None
 
     # state ---------------------------------------------------------------------------------------------------
     def method_state(self) -> dict[str, Any]:
@@ -169,7 +191,10 @@ class P3(SelectionDataModule):
         schedule = None
         if self.pace_cfg["enabled"]:
             schedule = self._schedule(difficulty)
-            admitted = schedule.admitted(difficulty, ctx.round)
+            # equal difficulties are cut in a fixed pseudo-random order of the ids, not the pool's order
+            order = self._tie_order()
+            admitted = np.empty(n, dtype=bool)
+            admitted[order] = schedule.admitted(difficulty[order], ctx.round)
         candidates = np.flatnonzero(admitted)
         diagnostics: dict[str, Any] = {
             "scorer": self.scorer.name,
@@ -191,7 +216,10 @@ class P3(SelectionDataModule):
 
         weights = None
         if schedule is not None and self.pace_cfg["weights"] != "hard":
-            soft = schedule.soft_weights(difficulty, ctx.round, self.pace_cfg["weights"])[chosen]
+            order = self._tie_order()
+            soft = np.empty(len(self.pool))
+            soft[order] = schedule.soft_weights(difficulty[order], ctx.round, self.pace_cfg["weights"])
+            soft = soft[chosen]
             weights = np.maximum(soft, float(self.pace_cfg["min_weight"])).tolist()
         previous = set(self.rounds[-1].ids) if self.rounds else set()
         ids = [self.pool[i].id for i in chosen]
@@ -228,7 +256,10 @@ class P3(SelectionDataModule):
                 f"the {self.scorer.name!r} scorer needs the current model; run through the Trainer"
             )
         result = self.scorer.score(
-            ctx.module, self._items(), want_features=want_features and self.scorer.name == "likelihood"
+            ctx.module,
+            self._items(),
+            want_features=want_features and self.scorer.name == "likelihood",
+            round=ctx.round,
         )
         tokens = result.forward_tokens
         if static:
@@ -237,6 +268,13 @@ class P3(SelectionDataModule):
             else:  # features only: keep the initial scores
                 result.scores = np.asarray(self.static_scores)
         return result, tokens
+
+    def _tie_order(self) -> np.ndarray:
+        """A fixed pseudo-random order of the pool (by a hash of each id) for breaking exact ties."""
+        if self._ties is None:
+            keys = [hashlib.sha256(ex.id.encode()).digest()[:8] for ex in self.pool]
+            self._ties = np.asarray(sorted(range(len(self.pool)), key=keys.__getitem__), dtype=np.int64)
+        return self._ties
 
     def _difficulty(self, scores: np.ndarray) -> np.ndarray:
         if self.difficulty_cfg["transform"] == "neg_log":
@@ -266,7 +304,9 @@ class P3(SelectionDataModule):
             return candidates
         if self.order == "random":
             return np.sort(ctx.rng.choice(candidates, size=k, replace=False))
-        ranked = candidates[np.argsort(difficulty[candidates], kind="stable")]
+        tie_rank = np.empty(len(self.pool), dtype=np.int64)
+        tie_rank[self._tie_order()] = np.arange(len(self.pool))
+        ranked = candidates[np.lexsort((tie_rank[candidates], difficulty[candidates]))]
         return ranked[:k] if self.order == "easiest" else ranked[::-1][:k]
 
     def _features(self, result: ScoreResult) -> tuple[np.ndarray, int]:
@@ -317,6 +357,13 @@ class P3(SelectionDataModule):
             preselected_quality=quality[conditioned] if conditioned else None,
         )
         chosen = candidates[np.asarray(outcome.indices, dtype=np.int64)]
+        topped_up = 0
+        if len(chosen) < self.budget_size:
+            # the kernel ran out of rank (fill=ridge with ridge=0, or qualities ~0 such as a pass rate of 0
+            # on most problems): the DPP cannot tell the rest apart, so the budget is met at random
+            rest = np.setdiff1d(candidates, chosen)
+            topped_up = self.budget_size - len(chosen)
+            chosen = np.concatenate([chosen, np.sort(ctx.rng.choice(rest, size=topped_up, replace=False))])
         picked = features[chosen].astype(np.float64)
         picked /= np.linalg.norm(picked, axis=1, keepdims=True).clip(min=1e-12)
         total = picked.sum(axis=0)
@@ -326,6 +373,7 @@ class P3(SelectionDataModule):
             "dpp_kernel": cfg["kernel"],
             "dpp_conditioned_on": len(conditioned),
             "dpp_stopped_early": bool(outcome.stopped_early),
+            "dpp_topped_up_at_random": topped_up,
             "dpp_mean_pairwise_cosine": mean_similarity,
         }
         return chosen, info, tokens

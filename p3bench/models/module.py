@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from p3bench.eval.answers import check_all
 from p3bench.execution.metrics import pass_at_k
 from p3bench.models.losses import per_example_nll, target_token_counts
 
@@ -47,7 +48,7 @@ class SelectionLM(pl.LightningModule):
         self.test_samples = int(sampling.get("n", 0))
         self.sample_temperature = float(sampling.get("temperature", 0.8))
         self.sample_top_p = float(sampling.get("top_p", 0.95))
-        self.pass_at = sorted(int(k) for k in sampling.get("pass_at_k", [1]) if int(k) <= self.test_samples)
+        self.pass_at = sorted({int(k) for k in sampling.get("pass_at_k", [1]) if int(k) <= self.test_samples})
         self.seed = int(seed)
         self.train_tokens = 0
         self.train_target_tokens = 0
@@ -139,7 +140,8 @@ class SelectionLM(pl.LightningModule):
         for row, (text, example) in enumerate(zip(texts, batch["examples"], strict=True)):
             record = {"id": example.id, "level": example.meta.get("level"), **self.check(text, example)}
             if n:
-                correct = sum(bool(self.evaluator(t, example)) for t in samples[row * n : (row + 1) * n])
+                pairs = [(t, example) for t in samples[row * n : (row + 1) * n]]
+                correct = sum(check_all(self.evaluator, pairs))
                 record["samples_correct"] = correct
                 record.update({f"pass@{k}": pass_at_k(n, correct, k) for k in self.pass_at})
             record.update(generated=text, answer=example.answer)

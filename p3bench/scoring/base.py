@@ -61,17 +61,35 @@ class Scorer:
     name: str = "base"
     needs_model: bool = True
 
-    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+    def score(
+        self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
+    ) -> ScoreResult:
+        """Score ``items`` with ``module`` (the current model). ``round`` seeds scorers that sample."""
         raise NotImplementedError
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Positions grouped into batches of at most ``batch_size`` examples of similar length (longest first),
-    so that a scoring pass spends little compute on padding. Deterministic."""
+    so that a scoring pass spends little compute on padding; with ``max_tokens``, a batch also holds at most
+    that many padded tokens (at least one example), which bounds the logits' memory for a large vocabulary.
+    Deterministic."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be >= 1")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for position in order:
+        # the longest example of a batch comes first, so it sets the padded width
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (max_tokens is None or lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= max_tokens)
+        ):
+            batches[-1].append(position)
+        else:
+            batches.append([position])
+    return batches
 
 
 def shard(n: int) -> tuple[list[int], int, int]:
@@ -91,11 +109,12 @@ def gather_rows(
     parts: list[Any] = [None] * world
     torch.distributed.all_gather_object(parts, (positions, rows))
     out: dict[str, np.ndarray] = {}
-    for key in rows:
-        first = next(p[1][key] for p in parts if len(p[0]))
+    keys = sorted({key for _, part_rows in parts for key in part_rows})
+    for key in keys:
+        first = next(p[1][key] for p in parts if key in p[1])
         full = np.zeros((n, *first.shape[1:]), dtype=first.dtype)
         for part_positions, part_rows in parts:
-            if len(part_positions):
+            if len(part_positions) and key in part_rows:
                 full[np.asarray(part_positions)] = part_rows[key]
         out[key] = full
     return out
@@ -120,6 +139,7 @@ def forward_pass(
     row_function: RowFunction,
     *,
     batch_size: int = 64,
+    max_batch_tokens: int | None = None,
     output_hidden_states: bool = False,
     progress: bool = True,
     description: str = "scoring",
@@ -128,13 +148,13 @@ def forward_pass(
     ``row_function(batch, outputs)``: a dict of per-example tensors. Returns the arrays in item order and
     the number of non-padding tokens processed (summed over processes).
 
-    Batches are length-bucketed; the pass runs under ``torch.inference_mode`` in eval mode and restores the
+    Batches are length-bucketed (and capped at ``max_batch_tokens`` padded tokens); the pass runs under ``torch.inference_mode`` in eval mode and restores the
     module's training mode afterwards. Under torch.distributed each process scores its share and the rows
     are gathered, so every process returns the same arrays.
     """
     positions, _, world = shard(len(items))
     lengths = [items.encoded.num_tokens(items.indices[p], items.max_length) for p in positions]
-    batches = length_buckets(lengths, batch_size)
+    batches = length_buckets(lengths, batch_size, max_batch_tokens)
     collate = TrainCollator(items.tokenizer.pad_token_id, items.max_length)
     subset = EncodedSubset(items.encoded, [items.indices[p] for p in positions])
     model = module.model

@@ -1,9 +1,10 @@
 """Difficulty from the dataset's own level labels (``meta["level"]``): the static-difficulty signal of an
 easy-to-hard curriculum (Bengio et al., ICML 2009). No model is involved and no forward token is spent.
 
-Level L maps to score ``1 - (L - lowest) / (highest - lowest)``; examples without a level count as the
-hardest. Ties within a level are broken by a deterministic per-example jitter (a hash of the id, below
-1e-6), so that a pace admitting part of a level takes a pseudo-random part rather than the pool's order.
+Level L maps to score ``0.001 + 0.998 * (1 - (L - lowest) / (highest - lowest))``; examples without a level
+score 0, the hardest. Ties within a level are broken by a deterministic per-example jitter (a hash of the
+id, below 1e-7), so that a pace admitting part of a level takes a pseudo-random part rather than the pool's
+order.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class LevelScorer(Scorer):
     def __init__(self, **_: Any) -> None:
         pass
 
-    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+    def score(
+        self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
+    ) -> ScoreResult:
         examples = [items.examples[i] for i in items.indices]
         levels = [ex.meta.get("level") for ex in examples]
         known = [float(v) for v in levels if isinstance(v, (int, float))]
@@ -38,7 +41,7 @@ class LevelScorer(Scorer):
         span = (high - low) or 1.0
         scores = np.array(
             [
-                (1.0 - (float(v) - low) / span if isinstance(v, (int, float)) else 0.0) * 0.999
+                (0.001 + 0.998 * (1.0 - (float(v) - low) / span) if isinstance(v, (int, float)) else 0.0)
                 + _jitter(ex.id)
                 for v, ex in zip(levels, examples, strict=True)
             ]
@@ -55,5 +58,7 @@ class UniformScorer(Scorer):
     def __init__(self, **_: Any) -> None:
         pass
 
-    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+    def score(
+        self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
+    ) -> ScoreResult:
         return ScoreResult(scores=np.ones(len(items)))

@@ -8,22 +8,33 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from p3bench.models.collate import IGNORE_INDEX
-from p3bench.models.losses import per_example_nll
+from p3bench.models.losses import per_example_nll, target_token_counts
 from p3bench.scoring.base import Scorer, ScoreResult, ScoringItems, forward_pass, timed
 
 
-def mean_pooled_targets(hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean of the last hidden states over each example's target positions (the whole sequence when an
-    example has no target token left). Pooling the response avoids the degenerate first-token state the
-    P3 public code used (under causal attention position 0 sees only BOS)."""
-    mask = (labels != IGNORE_INDEX).to(hidden.dtype)
+def mean_pooled_targets(
+    hidden: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of the last hidden states (in float32) over each example's target positions, or over its
+    non-padding tokens when no target token is left. Pooling the response avoids the degenerate
+    first-token state the P3 public code used (under causal attention position 0 sees only BOS)."""
+    hidden = hidden.float()
+    mask = (labels != IGNORE_INDEX).float()
     empty = mask.sum(dim=1) == 0
     if empty.any():
-        mask[empty] = 1.0
-    return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+        fallback = attention_mask.float() if attention_mask is not None else torch.ones_like(mask)
+        mask[empty] = fallback[empty]
+    return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def no_target(labels: torch.Tensor) -> torch.Tensor:
+    """Examples whose target was cut off entirely (a prompt of ``max_length`` tokens or more): nothing to
+    score, so scorers give them score 0 (hardest) rather than a vacuous probability of 1."""
+    return target_token_counts(labels) == 0
 
 
 class LikelihoodScorer(Scorer):
@@ -35,15 +46,22 @@ class LikelihoodScorer(Scorer):
 
     name = "likelihood"
 
-    def __init__(self, batch_size: int = 64, progress: bool = True) -> None:
+    def __init__(
+        self, batch_size: int = 64, max_batch_tokens: int | None = None, progress: bool = True
+    ) -> None:
         self.batch_size = int(batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
         self.progress = bool(progress)
 
-    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+    def score(
+        self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
+    ) -> ScoreResult:
         def rows(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, torch.Tensor]:
-            out = {"nll": per_example_nll(outputs.logits, batch["labels"])}
+            nll = per_example_nll(outputs.logits, batch["labels"])
+            out = {"nll": torch.where(no_target(batch["labels"]), torch.full_like(nll, torch.inf), nll)}
             if want_features:
-                out["features"] = mean_pooled_targets(outputs.hidden_states[-1], batch["labels"])
+                hidden = outputs.hidden_states[-1]
+                out["features"] = mean_pooled_targets(hidden, batch["labels"], batch["attention_mask"])
             return out
 
         def run() -> ScoreResult:
@@ -52,16 +70,21 @@ class LikelihoodScorer(Scorer):
                 items,
                 rows,
                 batch_size=self.batch_size,
+                max_batch_tokens=self.max_batch_tokens,
                 output_hidden_states=want_features,
                 progress=self.progress,
                 description="scoring (likelihood)",
             )
             nll = arrays["nll"].astype(float)
+            finite = np.isfinite(nll)
             return ScoreResult(
-                scores=torch.exp(-torch.from_numpy(nll)).numpy(),
+                scores=np.exp(-nll),
                 forward_tokens=tokens,
                 features=arrays.get("features"),
-                diagnostics={"mean_nll": float(nll.mean()) if len(nll) else 0.0},
+                diagnostics={
+                    "mean_nll": float(nll[finite].mean()) if finite.any() else 0.0,
+                    "no_target": int((~finite).sum()),
+                },
             )
 
         return timed(run)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from p3bench.data.example import Example
+from p3bench.eval.answers import check_all
 from p3bench.models.collate import GenerationCollator
 from p3bench.scoring.base import (
     Scorer,
@@ -42,6 +43,7 @@ class PassRateScorer(Scorer):
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         batch_size: int = 32,
+        max_batch_tokens: int | None = None,
         seed: int = 0,
         checker: Callable[[str, Example], bool] | None = None,
         progress: bool = True,
@@ -55,24 +57,25 @@ class PassRateScorer(Scorer):
         self.top_p = float(top_p)
         self.max_new_tokens = max_new_tokens
         self.batch_size = int(batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
         self.seed = int(seed)
         self.checker = checker
         self.progress = bool(progress)
-        self.calls = 0
 
-    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+    def score(
+        self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
+    ) -> ScoreResult:
         checker = self.checker or getattr(module, "evaluator", None)
         if checker is None:
             raise ValueError("the pass_rate scorer needs an answer checker: the run's evaluator or `checker`")
         max_new_tokens = int(self.max_new_tokens or getattr(module, "max_new_tokens", 64))
         tokenizer = items.tokenizer
-        self.calls += 1
-        call_seed = self.seed * 1_000_003 + self.calls
+        call_seed = self.seed * 1_000_003 + int(round)
 
         def run() -> ScoreResult:
             positions, _, world = shard(len(items))
             lengths = [len(items.encoded.prompt_ids[items.indices[p]]) for p in positions]
-            batches = length_buckets(lengths, max(1, self.batch_size))
+            batches = length_buckets(lengths, max(1, self.batch_size), self.max_batch_tokens)
             collate = GenerationCollator(tokenizer.pad_token_id, items.max_length)
             model, device = module.model, module.device
             was_training = model.training
@@ -130,15 +133,6 @@ class PassRateScorer(Scorer):
             )
 
         return timed(run)
-
-
-def check_all(checker: Callable[[str, Example], bool], pairs: list[tuple[str, Example]]) -> list[bool]:
-    """Verdicts for many (text, example) pairs: through ``checker.batch`` when the checker offers one (the
-    APPS evaluator checks programs on a pool of sandbox workers), else one at a time."""
-    batch = getattr(checker, "batch", None)
-    if batch is not None:
-        return [bool(v) for v in batch(pairs)]
-    return [bool(checker(text, example)) for text, example in pairs]
 
 
 def generated_token_count(generated: torch.Tensor, tokenizer: Any) -> int:

@@ -46,15 +46,18 @@ class StepScorer(Scorer):
 
     name = "steps"
 
-    def __init__(self, batch_size: int = 64, progress: bool = True) -> None:
+    def __init__(
+        self, batch_size: int = 64, max_batch_tokens: int | None = None, progress: bool = True
+    ) -> None:
         self.batch_size = int(batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
         self.progress = bool(progress)
         self._line_ids: dict[int, list[int]] = {}
+        self._no_offsets: set[int] = set()
 
     def line_ids(self, items: ScoringItems) -> tuple[dict[int, list[int]], int]:
         """Line id of every target token (EOS included) of every scored pool example."""
         missing = [i for i in items.indices if i not in self._line_ids]
-        no_offsets = 0
         if missing:
             texts = [items.examples[i].target for i in missing]
             try:
@@ -67,14 +70,16 @@ class StepScorer(Scorer):
                 target = items.encoded.target_ids[i]
                 n_text = len(target) - (1 if items.tokenizer.eos_token_id is not None else 0)
                 if offs is None or list(tok) != list(target[:n_text]):
-                    no_offsets += 1
+                    self._no_offsets.add(i)
                     self._line_ids[i] = [0] * len(target)
                     continue
                 lines = token_line_ids(text, offs)
                 self._line_ids[i] = lines + [lines[-1] if lines else 0] * (len(target) - n_text)
-        return self._line_ids, no_offsets
+        return self._line_ids, sum(i in self._no_offsets for i in items.indices)
 
-    def score(self, module: Any, items: ScoringItems, *, want_features: bool = False) -> ScoreResult:
+    def score(
+        self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
+    ) -> ScoreResult:
         line_ids, no_offsets = self.line_ids(items)
 
         def rows(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, torch.Tensor]:
@@ -99,10 +104,11 @@ class StepScorer(Scorer):
             present = counts > 0
             line_prob = torch.where(present, torch.exp(sums / counts.clamp(min=1.0)), torch.zeros_like(sums))
             n_present = present.sum(dim=1)
+            # no target token left (the prompt filled max_length): nothing to score, counted as hardest
             score = torch.where(
                 n_present > 0,
                 line_prob.sum(dim=1) / n_present.clamp(min=1),
-                torch.ones_like(n_present, dtype=sums.dtype),
+                torch.zeros_like(n_present, dtype=sums.dtype),
             )
             return {"score": score, "n_lines": n_present.float()}
 
@@ -112,6 +118,7 @@ class StepScorer(Scorer):
                 items,
                 rows,
                 batch_size=self.batch_size,
+                max_batch_tokens=self.max_batch_tokens,
                 progress=self.progress,
                 description="scoring (steps)",
             )
