@@ -84,8 +84,9 @@ def test_sweep_runs_every_job_even_when_one_fails(tmp_path: Path, cache_dir: Pat
 
 
 @pytest.mark.slow
-def test_resume_from_last_checkpoint_keeps_the_selection(tmp_path: Path, cache_dir: Path):
-    args = ["debug=smoke", "hydra.run.dir=run", "test=false"]
+@pytest.mark.parametrize("method", ["random", "p3"])
+def test_resume_from_last_checkpoint_keeps_the_selection(method: str, tmp_path: Path, cache_dir: Path):
+    args = ["debug=smoke", "hydra.run.dir=run", "test=false", f"method={method}"]
     first = run_cli(args, tmp_path, cache_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     before = read_results(tmp_path / "run")
@@ -93,8 +94,12 @@ def test_resume_from_last_checkpoint_keeps_the_selection(tmp_path: Path, cache_d
     resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2", "seed=1"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_results(tmp_path / "run")
-    assert after["selection"]["ids_sha256"] == before["selection"]["ids_sha256"]
-    assert [r["round"] for r in after["selection"]["rounds"]] == [0]
+    rounds_before, rounds_after = before["selection"]["rounds"], after["selection"]["rounds"]
+    assert rounds_after[0]["ids_sha256"] == rounds_before[0]["ids_sha256"]
+    # a static method keeps its one selection; a dynamic one selects round 1 with the resumed model
+    assert [r["round"] for r in rounds_after] == ([0] if method == "random" else [0, 1])
+    if method == "random":
+        assert after["selection"]["ids_sha256"] == before["selection"]["ids_sha256"]
     assert after["compute"]["epochs_completed"] == 2
     assert after["compute"]["train_tokens"] > before["compute"]["train_tokens"]
     assert after["run"]["resumed_from"].endswith("last.ckpt")
@@ -230,9 +235,9 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
     assert done.returncode == 0
     for line in (
         "method: curriculum, dpp, easiest, full, hardest, p3, p3_no_dpp, p3_no_spl, p3_static, random, spl",
-        "dataset: gsm8k, math, synthetic_math",
+        "dataset: apps, gsm8k, math, synthetic_math",
         "model: hf, tiny",
-        "experiment: gsm8k_small, math_small, p3_math, p3_math_small, p3_synthetic, p3_synthetic_sweep,",
+        "experiment: gsm8k_small, math_small, p3_apps, p3_math, p3_math_small, p3_synthetic, p3_synthetic_sweep,",
     ):
         assert line in done.stdout, done.stdout[:2000]
 

@@ -62,6 +62,9 @@ def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path
     if "dpp" in composed.method and composed.method.dpp.enabled:
         # the packaged MiniLM embedder is tested on its own; TF-IDF keeps this check fast
         overrides += ["method.dpp.embedder=tfidf"]
+    if composed.dataset.name in ("math", "gsm8k", "apps") and composed.model.name != "hf":
+        # a real-data experiment: a few hundred problems are enough to check that it runs
+        overrides += ["++dataset.params.max_train=300"]
     if composed.dataset.name == "apps":
         # the tiny model's programs run in the sandbox: code execution is opt-in
         overrides += ["dataset.params.allow_code_execution=true"]
