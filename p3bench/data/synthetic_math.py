@@ -48,7 +48,8 @@ from p3bench.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 #: Bump when the generator's output changes for the same arguments (recorded in ``DatasetSplits.info``).
-GENERATOR_VERSION = 1
+# 2: junk examples carry a level and type label drawn from a hash of their text (1: level 0, type "junk")
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
