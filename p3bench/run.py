@@ -48,6 +48,11 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     splits = load_dataset_splits(cfg.dataset.name, **OmegaConf.to_container(cfg.dataset.params, resolve=True))
     evaluator = EVALUATORS.get(cfg.dataset.evaluator)
+    if splits.task == "code" and cfg.test:
+        # checking runs the model's programs: refuse now, not after training, when that is switched off
+        from p3bench.execution import require_code_execution
+
+        require_code_execution()
     method_cfg: dict[str, Any] = OmegaConf.to_container(cfg.method, resolve=True)
     method_cls = METHODS.get(method_cfg.pop("name"))
     tokenizer = build_tokenizer(

@@ -295,3 +295,19 @@ def test_config_mistakes_fail_at_construction(parts):
         make(parts, dpp={"kernel": "gaussian"})
     with pytest.raises(ConfigError, match="lambda0=0"):
         make(parts, pace={"lambda0": 0})
+
+
+@requires_shared_data
+@pytest.mark.shared_data
+def test_an_apps_run_without_the_switch_refuses_before_training(tmp_path: Path, cache_dir: Path):
+    from tests.conftest import run_cli
+
+    done = run_cli(
+        ["dataset=apps", "debug=fdr", "hydra.run.dir=run", "model.tokenizer.vocab_size=300"],
+        tmp_path,
+        cache_dir,
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert "allow_code_execution=true" in last and "P3BENCH_ALLOW_CODE_EXECUTION=1" in last
+    assert not (tmp_path / "run" / "checkpoints").exists()
