@@ -267,7 +267,12 @@ def test_config_matches_the_loader():
         ("1\n\n2\n", "1\n2\n", True),  # blank lines
         ("1 2 3", "1\n2\n3", True),  # tokens
         ("0.3333333", "0.333333333", True),  # decimal tolerance
-        ("1.0", "1", True),
+        ("1.0", "1", True),  # the same integer value exactly
+        ("1.0000001", "1", False),  # integers exact: no tolerance (stricter than APPS)
+        ("3.0000000001", "3", False),
+        ("1" * 5000, "0" * 4999 + "1", False),  # past int()'s 4300-digit limit: no match, no error
+        ("1" * 5000, "1" * 5000 + "\n", True),
+        ("1" * 5000 + ".5", "1.5", False),  # too large for a float
         ("2.50000", "2.5", True),
         ("0.34", "0.333333", False),
         ("10000000001", "10000000000", False),  # integers exactly
@@ -300,7 +305,15 @@ def test_stdout_comparison_takes_list_outputs():
         ([0.1 + 0.2, 1], [[0.3, 1]], True),
         (0.31, 0.3, False),
         (True, True, True),
-        (True, 1, True),  # Python equality, as APPS
+        (True, 1, False),  # bools are not numbers
+        (True, [1], False),
+        ([True, 0], [[1, False]], False),
+        (1, 1.0000001, True),  # a float expected value allows the tolerance
+        (1.0000001, 1, False),  # an integer expected value does not
+        (5.0, [5], True),
+        (10**400, [1.5], False),  # too large for a float: no match, no OverflowError
+        (1.5, 10**400, False),
+        (10**400, 10**400, True),
         ({"1": 2}, {"1": 2}, True),
         ({"__unserializable__": "set", "repr": "{1}"}, [1], False),
         ("abc", "abd", False),
@@ -312,7 +325,9 @@ def test_call_result_comparison(actual, expected, match: bool):
 
 
 def test_tokens_close():
-    assert tokens_close("1e-9", "0")
+    assert tokens_close("1e-9", "0.0")
+    assert not tokens_close("1e-9", "0")  # integers exact
+    assert tokens_close("7.0", "7") and tokens_close("007", "7")
     assert not tokens_close("abc", "abd")
 
 
@@ -573,6 +588,77 @@ def test_pass_rate_scorer_accepts_the_evaluator(execution_on):
     samples = ["a, b = map(int, input().split())\nprint(a + b)", "print(0)"]
     hits = sum(scorer.checker(text, example(STDIN_TESTS)) for text in samples)
     assert hits / scorer.k == 0.5
+
+
+class _LinesSandbox:
+    """Stands in for the sandbox: feeds fixed runner lines to ``on_stdout``, runs nothing."""
+
+    def __init__(self, lines: list[bytes]):
+        self.lines = lines
+        self.isolation = type("I", (), {"mode": "fake", "can_sweep": False, "extra_sys_path": ()})()
+        self.limits = execution_settings().limits
+
+    def run_python(self, code, stdin=b"", *, timeout_s=None, on_stdout=None, output_bytes=None):
+        from p3bench.execution.sandbox import SandboxResult
+
+        stopped = False
+        for line in self.lines:
+            if on_stdout(line + b"\n"):
+                stopped = True
+                break
+        return SandboxResult(0, b"", b"", False, False, False, stopped, 0.0, 0, "fake")
+
+
+def _row(test: int = 0, **fields) -> bytes:
+    row = {"test": test, "status": "ok", "stdout": "", "result": None, "stderr": "", "time_s": 0.1}
+    row.update({"exit": 0, "signal": None, **fields})
+    return json.dumps(row).encode()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"5"],  # not a dict: used to crash the host with TypeError
+        [b"[1, 2]"],
+        [b"null"],
+        [b"not json at all"],
+        [b"[" * 100_000],
+        [_row(stdout=5)],  # a field of the wrong type
+        [_row(test=True, stdout="7")],  # a bool is not a test index
+        [_row(status="great", stdout="7")],
+        [b'{"compile_error": 5}'],
+        [_row(stdout="7"), b"5"],  # a good row, then tampering: nothing of the run is trusted
+    ],
+)
+def test_malformed_runner_lines_are_no_pass_and_no_crash(execution_on, lines):
+    tests = {"inputs": ["x"], "outputs": ["7"]}
+    for stop in (False, True):
+        result = check_program("print(7)", tests, sandbox=_LinesSandbox(lines), stop_on_failure=stop)
+        assert result.verdicts[0].verdict != "pass" and not result.strict
+
+
+def test_well_formed_rows_still_count(execution_on):
+    tests = {"inputs": ["x", "y"], "outputs": ["7", "8"]}
+    result = check_program(
+        "print(7)", tests, sandbox=_LinesSandbox([_row(0, stdout="7"), _row(1, stdout="9")])
+    )
+    assert [v.verdict for v in result.verdicts] == ["pass", "fail"]
+
+
+def test_a_comparison_that_raises_is_a_fail_not_a_crash(execution_on, monkeypatch):
+    huge = {"inputs": ["x"], "outputs": ["0" * 4999 + "1"]}
+    rows = [_row(stdout="1" * 5000)]
+    assert check_program("", huge, sandbox=_LinesSandbox(rows)).verdicts[0].verdict == "fail"
+    call = {"inputs": [[1]], "outputs": [[1.5]], "fn_name": "f"}
+    rows = [_row(result=json.dumps(10**400))]
+    assert check_program("", call, sandbox=_LinesSandbox(rows)).verdicts[0].verdict == "fail"
+
+    def broken(actual, expected):
+        raise RuntimeError("comparison bug")
+
+    monkeypatch.setattr("p3bench.execution.apps.stdout_matches", broken)
+    result = check_program("", {"inputs": ["x"], "outputs": ["7"]}, sandbox=_LinesSandbox([_row(stdout="7")]))
+    assert result.verdicts[0].verdict == "fail" and "RuntimeError" in result.verdicts[0].detail
 
 
 def test_tests_parse_from_json_text():

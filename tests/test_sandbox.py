@@ -93,6 +93,9 @@ def program_cases(host: dict, isolation) -> dict[str, tuple[str, set[str]]]:
     """name -> (program, accepted verdicts). Programs print ``contained`` when every attack failed."""
     victim, victim_dir, port = host["victim"], host["victim_dir"], host["port"]
     namespaces = isolation.namespaces
+    # the runner is not dumpable, which shuts its /proc files to a child without CAP_SYS_PTRACE: every level
+    # but userns (the program is namespace root, with CAP_SYS_PTRACE there) and rlimits as root
+    runner_protected = not (isolation.mode == "userns" or (isolation.mode == "rlimits" and os.geteuid() == 0))
     attempt = (
         "import os, sys\n"
         "def attempt(action):\n"
@@ -251,6 +254,37 @@ def program_cases(host: dict, isolation) -> dict[str, tuple[str, set[str]]]:
             "print(fake)\n",
             {"fail"},
         ),
+        "reopen_runner_channel": (
+            # a test child reopens its runner's descriptors (the channel to the host among them) through
+            # /proc and writes a row claiming a pass; the runner is not dumpable, so /proc/PPID/fd is closed
+            # (in the root levels the host's pipes are root's, mode 0600, anyway; as a non-root user in the
+            # rlimits level this forged a pass before)
+            "import json, os\n"
+            f"fake = json.dumps({{'test': 0, 'status': 'ok', 'stdout': {CONTAINED!r}, 'result': None,\n"
+            "                   'stderr': '', 'time_s': 0, 'exit': 0, 'signal': None}) + '\\n'\n"
+            "ppid = os.getppid()\n"
+            "try:\n    fds = os.listdir(f'/proc/{ppid}/fd')\nexcept OSError:\n    fds = []\n"
+            "for fd in fds:\n"
+            "    try:\n"
+            "        w = os.open(f'/proc/{ppid}/fd/{fd}', os.O_WRONLY | os.O_NONBLOCK)\n"
+            "        os.write(w, fake.encode())\n        os.close(w)\n"
+            "    except OSError:\n        pass\n"
+            "print('forged', len(fds))\n",
+            {"fail"} if runner_protected else {"pass", "fail"},
+        ),
+        "read_runner_memory": (
+            # its memory (/proc/PPID/mem, through /proc/PPID/maps) and its descriptors (/proc/PPID/fd)
+            "import os\nppid, seen = os.getppid(), False\n"
+            "try:\n    seen = len(os.listdir(f'/proc/{ppid}/fd')) > 0\nexcept OSError:\n    pass\n"
+            "try:\n"
+            "    with open(f'/proc/{ppid}/maps') as maps:\n"
+            "        start = int(maps.readline().split('-')[0], 16)\n"
+            "    with open(f'/proc/{ppid}/mem', 'rb') as mem:\n"
+            "        mem.seek(start)\n        seen = seen or len(mem.read(16)) == 16\n"
+            "except (OSError, ValueError):\n    pass\n"
+            f"print('read' if seen else {CONTAINED!r})\n",
+            {"pass"} if runner_protected else {"pass", "fail"},
+        ),
         "syntax_error": ("def broken(:\n    pass\n", {"compile_error"}),
         "null_bytes_in_source": ("print(1)\x00\n", {"compile_error"}),
         "exit_status_without_exception": (
@@ -328,6 +362,8 @@ CASE_NAMES = [
     "busy_threads",
     "become_root_or_raise_limits",
     "forge_verdict",
+    "reopen_runner_channel",
+    "read_runner_memory",
     "syntax_error",
     "null_bytes_in_source",
     "exit_status_without_exception",
@@ -401,6 +437,98 @@ def test_workdirs_removed(outcomes, isolation):
 
 
 # -------------------------------------------------------------------------------------- generic sandbox
+
+
+def _shm_keys() -> set[str]:
+    try:
+        lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    return {line.split()[0] for line in lines if line.split()}
+
+
+SHM_PROGRAM = (
+    "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "shmid = libc.shmget({key}, 4096, 0o1666)  # IPC_CREAT | 0666\n"
+    "print(shmid, open('/proc/sysvipc/shm').read().count('{key_dec}'))\n"
+)
+
+
+def _remove_shm(keys: set[str]) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] in keys:
+            libc.shmctl(int(fields[1]), 0, None)  # IPC_RMID
+
+
+def test_sysv_ipc_is_isolated(isolation):
+    """A SysV shared memory segment a program creates (no IPC_RMID) is gone with its run, never on the host."""
+    if not Path("/proc/sysvipc/shm").exists():
+        pytest.skip("no /proc/sysvipc/shm here")
+    key = 0x3B00_0000 + int(TOKEN[:6], 16) % 0x10000
+    before = _shm_keys()
+    result = Sandbox().run_python(SHM_PROGRAM.format(key=key, key_dec=key))
+    shmid, seen = result.stdout.decode().split()
+    assert result.ok and int(shmid) >= 0 and int(seen) == 1  # it was created and visible inside
+    after = _shm_keys()
+    leaked = after - before
+    if not isolation.namespaces:
+        _remove_shm(leaked)
+        pytest.skip(f"isolation {isolation.mode!r} has no IPC namespace")
+    _remove_shm(leaked)
+    assert str(key) not in after and leaked == set()
+
+
+def test_uid_lock_dir_is_fixed_not_tmpdir(tmp_path, monkeypatch):
+    """Every process uses the same lock directory, whatever its TMPDIR: else two could take one uid."""
+    from p3bench.execution import uids
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert str(uids.uid_lock_dir()) in uids.LOCK_DIRS
+    if os.geteuid() != 0:
+        return
+    with uids.run_uid(True) as uid:
+        assert uid is not None
+        assert (uids.uid_lock_dir() / f"{uid}.lock").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_never_falls_back_to_rlimits_as_root(monkeypatch):
+    """As root, rlimits runs programs as root with no process limit: only an explicit mode gets it."""
+    from p3bench.execution import isolation as isolation_module
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(
+        isolation_module,
+        "_mode_possible",
+        lambda mode, tools: None if mode == "rlimits" else f"{mode}: simulated failure",
+    )
+    answer = {"uid": 0, "version": "3.11.0", "readable": []}
+    monkeypatch.setattr(isolation_module, "_probe", lambda candidate, limits: (answer, ""))
+    detect = isolation_module.detect_isolation.__wrapped__  # uncached
+    with pytest.raises(ConfigError, match="as root with no process limit") as error:
+        detect("auto", None, False)
+    assert "\n" not in str(error.value) and "mode=rlimits" in str(error.value)
+    assert detect("rlimits", None, False).mode == "rlimits"
+
+
+def test_stdout_is_not_kept_when_a_callback_takes_it():
+    chunks: list[bytes] = []
+
+    def take(chunk: bytes) -> bool:
+        chunks.append(chunk)
+        return False
+
+    result = Sandbox().run_python("print('x' * 200000)", on_stdout=take)
+    assert result.ok and result.stdout == b"" and b"".join(chunks) == b"x" * 200000 + b"\n"
+    capped = Sandbox(SandboxLimits(output_bytes=4096)).run_python(
+        "print('x' * 200000)", on_stdout=lambda chunk: False
+    )
+    assert capped.output_limited and capped.stdout == b""
 
 
 def test_isolation_report_says_what_is_in_force():

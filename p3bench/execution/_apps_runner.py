@@ -48,6 +48,7 @@ def main():
     base = _apps_names(payload["program"])
     if payload.get("subreaper"):
         _become_subreaper()
+    _set_dumpable(False)
     for index, test in enumerate(payload["inputs"]):
         row = _run_test(index, code, test, payload, base)
         _emit(channel, row)
@@ -164,6 +165,18 @@ def _become_subreaper():
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        pass
+
+
+def _set_dumpable(flag):
+    """``PR_SET_DUMPABLE``: off in the runner, so a test child of the same uid can neither read nor write
+    its memory (``/proc/PPID/mem``, ptrace) nor reopen its descriptors (``/proc/PPID/fd/N``: the channel to
+    the host), which would let it forge rows; back on in each child, whose ``/proc/self`` files it needs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 1 if flag else 0, 0, 0, 0)  # PR_SET_DUMPABLE
     except Exception:
         pass
 
@@ -308,6 +321,7 @@ def _finish(pid, status, sweep):
 
 
 def _child(code, test, payload, base, in_fd, out_w, err_w, res_w):
+    _set_dumpable(True)  # its own memory, not the runner's: fork gave it a copy
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     os.dup2(in_fd, 0)

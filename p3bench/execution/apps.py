@@ -228,6 +228,7 @@ def check_program(
     }
     verdicts: dict[int, TestVerdict] = {}
     compile_error: list[str] = []
+    malformed: list[str] = []
     pending = bytearray()
 
     def on_stdout(chunk: bytes) -> bool:
@@ -236,7 +237,7 @@ def check_program(
         while b"\n" in pending:
             line, _, rest = bytes(pending).partition(b"\n")
             pending[:] = rest
-            stop = _take_line(line, tests, call_based, verdicts, compile_error) or stop
+            stop = _take_line(line, tests, call_based, verdicts, compile_error, malformed) or stop
         return stop_on_failure and stop
 
     result = sandbox.run_python(
@@ -248,8 +249,12 @@ def check_program(
         # grow text up to 6 times) plus the start of stderr
         output_bytes=n * (12 * sandbox.limits.output_bytes + (64 << 10)) + (64 << 10),
     )
-    if pending.strip():
+    if pending.strip():  # a last line without its newline may be cut short by a kill: not held against it
         _take_line(bytes(pending), tests, call_based, verdicts, compile_error)
+    if malformed:  # the channel was tampered with: no row of this run can be trusted
+        detail = _clip(f"malformed line from the runner: {malformed[0]}")
+        rows = tuple(TestVerdict("runtime_error", None, detail) for _ in range(n))
+        return ProgramResult(rows, result.wall_s, result.mode)
     if compile_error:
         rows = tuple(TestVerdict("compile_error", None, _clip(compile_error[0])) for _ in range(n))
         return ProgramResult(rows, result.wall_s, result.mode, stopped_early=False)
@@ -275,25 +280,61 @@ def _as_stdin(value: Any) -> str:
     return str(value)
 
 
+_ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "stdout": (str, type(None)),
+    "result": (str, type(None)),
+    "stderr": (str, type(None)),
+    "time_s": (int, float, type(None)),
+    "exit": (int, type(None)),
+    "signal": (int, type(None)),
+}
+_STATUSES = ("ok", "timeout", "runtime_error", "output_limit", "load_error")
+
+
+def _well_formed(row: Any) -> bool:
+    """A runner row as the runner writes it: a dict with an int ``test`` and fields of the expected types."""
+    if not isinstance(row, dict):
+        return False
+    if "compile_error" in row:
+        return isinstance(row["compile_error"], str)
+    if type(row.get("test")) is not int or row.get("status") not in _STATUSES:
+        return False
+    return all(
+        isinstance(row.get(name), types) and not isinstance(row.get(name), bool)
+        for name, types in _ROW_TYPES.items()
+    )
+
+
 def _take_line(
     line: bytes,
     tests: AppsTests,
     call_based: bool,
     verdicts: dict[int, TestVerdict],
     compile_error: list[str],
+    malformed: list[str] | None = None,
 ) -> bool:
-    """Record one runner line; True when it is not a pass."""
+    """Record one runner line; True when it is not a pass. A line that is not a well-formed row (the
+    runner writes none: a program tampered with the channel) is added to ``malformed`` and is not a pass;
+    nothing a line holds raises here."""
     try:
         row = json.loads(line)
-    except ValueError:
-        return False
-    if "compile_error" in row:
-        compile_error.append(str(row["compile_error"]))
+    except (ValueError, RecursionError):
+        row = None
+    if not _well_formed(row):
+        if malformed is not None:
+            malformed.append(_clip(line[:200].decode("utf-8", "replace")))
         return True
-    index = row.get("test")
-    if not isinstance(index, int) or not 0 <= index < len(tests) or index in verdicts:
+    if "compile_error" in row:
+        compile_error.append(row["compile_error"])
+        return True
+    index = row["test"]
+    if not 0 <= index < len(tests) or index in verdicts:
         return False
-    verdict = _verdict(row, tests.outputs[index], call_based)
+    try:
+        verdict = _verdict(row, tests.outputs[index], call_based)
+    except Exception as err:  # a comparison that cannot be made is no pass, never a crash of the run
+        verdict = TestVerdict("fail", None, _clip(f"output could not be compared: {type(err).__name__}"))
     verdicts[index] = verdict
     return verdict.verdict != "pass"
 

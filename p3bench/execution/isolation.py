@@ -2,15 +2,17 @@
 
 Levels, strongest first (``auto`` takes the first whose probe succeeds):
 
-- ``namespaces`` (root, util-linux ``unshare`` and ``setpriv``): new network, PID and mount namespaces; a
+- ``namespaces`` (root, util-linux ``unshare`` and ``setpriv``): new network, PID, mount and IPC namespaces; a
   fresh tmpfs working directory at ``/tmp``; empty tmpfs over ``/var/tmp``, ``/dev/shm`` and ``/run``; the
   program runs as a unique unprivileged uid (so ``RLIMIT_NPROC`` is enforced) without groups and with
   ``no_new_privs``; killing ``unshare`` kills the whole namespace.
 - ``uid`` (root without namespaces): the unique unprivileged uid, ``no_new_privs``, a host temporary
   directory owned by that uid; every process of the uid is killed afterwards. The network is not isolated.
-- ``userns`` (not root, unprivileged user namespaces allowed): network, PID and mount namespaces and the
+- ``userns`` (not root, unprivileged user namespaces allowed): network, PID, mount and IPC namespaces and the
   tmpfs working directory, but the program keeps this user's file permissions.
-- ``rlimits`` (anything else): resource limits, a new session and a host temporary directory only.
+- ``rlimits`` (anything else): resource limits, a new session and a host temporary directory only. As root,
+  ``auto`` refuses to fall back to it (programs would run as root with no process limit); only a forced
+  ``mode="rlimits"`` uses it there.
 
 In every level: ``setrlimit`` limits (through ``prlimit(1)``, else a ``preexec_fn``), a scrubbed environment,
 a process-group kill on timeout, and a per-run cgroup (memory and pids caps) where cgroups are writable.
@@ -167,7 +169,16 @@ class Isolation:
         if self.mode == "uid":
             return [*prefix, *setup]
         user = ["--user", "--map-root-user"] if self.mode == "userns" else []
-        unshare = [self.unshare or "unshare", *user, "--net", "--pid", "--mount", "--fork", "--mount-proc"]
+        unshare = [
+            self.unshare or "unshare",
+            *user,
+            "--net",
+            "--pid",
+            "--mount",
+            "--ipc",
+            "--fork",
+            "--mount-proc",
+        ]
         return [*prefix, *unshare, "--kill-child", "--", *setup]
 
 
@@ -290,6 +301,12 @@ def detect_isolation(mode: str = "auto", python: str | None = None, use_cgroup: 
     limits = SandboxLimits(timeout_s=20.0)
     modes = _MODE_ORDER if mode == "auto" else (mode,)
     for candidate_mode in modes:
+        if mode == "auto" and candidate_mode == "rlimits" and os.geteuid() == 0:
+            raise ConfigError(
+                "no sandbox isolation level that drops root works here, and the 'rlimits' fallback would run "
+                "programs as root with no process limit: fix a stronger level or, to accept that, force "
+                f"execution mode=rlimits ({'; '.join(notes[-4:])})"
+            )
         why_not = _mode_possible(candidate_mode, tools)
         if why_not:
             notes.append(why_not)

@@ -110,7 +110,8 @@ class Sandbox:
         ``limits.timeout_s`` and ``limits.output_bytes`` for this run.
 
         ``on_stdout(chunk)`` sees each chunk of standard output as it arrives; returning True ends the run
-        (``stopped_early``), which lets a caller stop at the first failing test.
+        (``stopped_early``), which lets a caller stop at the first failing test. With it, standard output is
+        not kept (the result's ``stdout`` is empty): the callback owns it, and the cap still counts it.
         """
         require_code_execution()
         isolation = self.isolation
@@ -198,6 +199,7 @@ def _communicate(
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     selector = selectors.DefaultSelector()
     out, err = bytearray(), bytearray()
+    out_seen = 0
     timed_out = limited = truncated = stopped = False
     view, position = memoryview(stdin), 0
     if stdin:
@@ -245,8 +247,10 @@ def _communicate(
                     if not chunk:
                         selector.unregister(handle)
                     elif handle is process.stdout:
-                        room = cap - len(out)
-                        out += chunk[:room]
+                        room = cap - out_seen
+                        if on_stdout is None:  # else the callback owns the output: no second copy here
+                            out += chunk[:room]
+                        out_seen += min(len(chunk), room)
                         if len(chunk) > room:
                             limited = True
                         elif on_stdout is not None and on_stdout(chunk):

@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import stat
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,13 +27,27 @@ UID_BASE = 100_000
 UID_SPAN = 4096
 
 
+#: Where the uid locks live: one fixed path for every process of this machine (never ``TMPDIR``, which two
+#: processes may set differently and so hand out the same uid twice); the second only where /run is not
+#: writable.
+LOCK_DIRS = ("/run/p3bench-sandbox-uids", "/tmp/p3bench-sandbox-uids")
+
+
+def uid_lock_dir() -> Path:
+    """The uid lock directory: under /run where it can be written, else the fixed fallback under /tmp."""
+    first, fallback = (Path(p) for p in LOCK_DIRS)
+    if first.is_dir() or os.access(first.parent, os.W_OK | os.X_OK):
+        return first
+    return fallback
+
+
 @contextlib.contextmanager
 def run_uid(drop_privileges: bool) -> Iterator[int | None]:
     """A uid no other live run holds (an ``flock`` per uid), or None when runs keep the current user."""
     if not drop_privileges:
         yield None
         return
-    lock_dir = Path(tempfile.gettempdir()) / "p3bench-sandbox-uids"
+    lock_dir = uid_lock_dir()
     lock_dir.mkdir(mode=0o700, exist_ok=True)
     status = os.lstat(lock_dir)
     if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o077:
