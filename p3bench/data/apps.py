@@ -33,7 +33,7 @@ import json
 from typing import Any
 
 from p3bench.data.example import DatasetSplits, Example
-from p3bench.data.records import make_splits, read_source, subsample
+from p3bench.data.records import check_unique_ids, make_splits, read_source, subsample
 from p3bench.errors import ConfigError, DataError
 from p3bench.registry import unknown_name_message
 
@@ -220,11 +220,7 @@ def load_apps(
         records.get("validation", val_problems), "apps-val" if "validation" in records else "apps"
     )
     test = evaluation(records.get("test", test_problems), "apps-test" if "test" in records else "apps")
-    seen: set[str] = set()
-    for ex in (*train, *validation, *test):
-        if ex.id in seen:
-            raise DataError(f"apps: example id {ex.id!r} occurs twice: expected unique problem_id values")
-        seen.add(ex.id)
+    check_unique_ids("apps", (*train, *validation, *test), "unique problem_id values")
     if not train:
         raise DataError(f"apps: no training problem has a solution in {source}: expected reference solutions")
     info = {

@@ -372,6 +372,15 @@ def make_splits(
     return train, validation, test
 
 
+def check_unique_ids(name: str, examples: Iterable[Example], expected: str) -> None:
+    """A one-line :class:`DataError` naming the first id that occurs twice across ``examples``."""
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise DataError(f"{name}: example id {ex.id!r} occurs twice: expected {expected}")
+        seen.add(ex.id)
+
+
 def assemble_splits(
     name: str,
     sources: dict[str, list[Example]],
@@ -405,13 +414,7 @@ def assemble_splits(
     validation = sources.get("validation", validation)
     test = sources.get("test", test)
     train = subsample(train, max_train, seed)
-    seen: set[str] = set()
-    for ex in (*train, *validation, *test):
-        if ex.id in seen:
-            raise DataError(
-                f"{name}: example id {ex.id!r} occurs twice: expected unique ids (unique_id fields)"
-            )
-        seen.add(ex.id)
+    check_unique_ids(name, (*train, *validation, *test), "unique ids (unique_id fields)")
     info = {
         **info,
         "n_no_answer": len(pool) - len(answerable),

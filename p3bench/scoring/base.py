@@ -68,6 +68,35 @@ class Scorer:
         raise NotImplementedError
 
 
+RowFunction = Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
+
+
+class TeacherForcedScorer(Scorer):
+    """A scorer computed from one teacher-forced pass of the current model over prompt + target
+    (``likelihood``, ``steps``): the batching options and the call to :func:`forward_pass`."""
+
+    def __init__(
+        self, batch_size: int = 64, max_batch_tokens: int | None = None, progress: bool = True
+    ) -> None:
+        self.batch_size = int(batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
+        self.progress = bool(progress)
+
+    def teacher_forced_pass(
+        self, module: Any, items: ScoringItems, rows: RowFunction, *, output_hidden_states: bool = False
+    ) -> tuple[dict[str, np.ndarray], int]:
+        return forward_pass(
+            module,
+            items,
+            rows,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            output_hidden_states=output_hidden_states,
+            progress=self.progress,
+            description=f"scoring ({self.name})",
+        )
+
+
 def length_buckets(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Positions grouped into batches of at most ``batch_size`` examples of similar length (longest first),
     so that a scoring pass spends little compute on padding; with ``max_tokens``, a batch also holds at most
@@ -128,9 +157,6 @@ def all_reduce_sum(value: int) -> int:
         torch.distributed.all_reduce(tensor)
         return int(tensor.item())
     return value
-
-
-RowFunction = Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
 
 
 def forward_pass(

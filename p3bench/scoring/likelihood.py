@@ -13,7 +13,7 @@ import torch
 
 from p3bench.models.collate import IGNORE_INDEX
 from p3bench.models.losses import per_example_nll, target_token_counts
-from p3bench.scoring.base import Scorer, ScoreResult, ScoringItems, forward_pass, timed
+from p3bench.scoring.base import ScoreResult, ScoringItems, TeacherForcedScorer, timed
 
 
 def mean_pooled_targets(
@@ -37,7 +37,7 @@ def no_target(labels: torch.Tensor) -> torch.Tensor:
     return target_token_counts(labels) == 0
 
 
-class LikelihoodScorer(Scorer):
+class LikelihoodScorer(TeacherForcedScorer):
     """Geometric-mean target-token probability under the current model (one forward pass per example).
 
     With ``want_features`` the same pass also returns the mean-pooled last hidden state of each response,
@@ -45,13 +45,6 @@ class LikelihoodScorer(Scorer):
     """
 
     name = "likelihood"
-
-    def __init__(
-        self, batch_size: int = 64, max_batch_tokens: int | None = None, progress: bool = True
-    ) -> None:
-        self.batch_size = int(batch_size)
-        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
-        self.progress = bool(progress)
 
     def score(
         self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
@@ -65,16 +58,7 @@ class LikelihoodScorer(Scorer):
             return out
 
         def run() -> ScoreResult:
-            arrays, tokens = forward_pass(
-                module,
-                items,
-                rows,
-                batch_size=self.batch_size,
-                max_batch_tokens=self.max_batch_tokens,
-                output_hidden_states=want_features,
-                progress=self.progress,
-                description="scoring (likelihood)",
-            )
+            arrays, tokens = self.teacher_forced_pass(module, items, rows, output_hidden_states=want_features)
             nll = arrays["nll"].astype(float)
             finite = np.isfinite(nll)
             return ScoreResult(

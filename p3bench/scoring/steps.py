@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from p3bench.models.collate import IGNORE_INDEX
-from p3bench.scoring.base import Scorer, ScoreResult, ScoringItems, forward_pass, timed
+from p3bench.scoring.base import ScoreResult, ScoringItems, TeacherForcedScorer, timed
 
 _LINE = re.compile(r"[^\n]+")
 
@@ -41,7 +41,7 @@ def token_line_ids(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
     return ids
 
 
-class StepScorer(Scorer):
+class StepScorer(TeacherForcedScorer):
     """Mean over solution lines of each line's geometric-mean token probability under the current model."""
 
     name = "steps"
@@ -49,9 +49,7 @@ class StepScorer(Scorer):
     def __init__(
         self, batch_size: int = 64, max_batch_tokens: int | None = None, progress: bool = True
     ) -> None:
-        self.batch_size = int(batch_size)
-        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
-        self.progress = bool(progress)
+        super().__init__(batch_size, max_batch_tokens, progress)
         self._line_ids: dict[int, list[int]] = {}
         self._no_offsets: set[int] = set()
 
@@ -113,15 +111,7 @@ class StepScorer(Scorer):
             return {"score": score, "n_lines": n_present.float()}
 
         def run() -> ScoreResult:
-            arrays, tokens = forward_pass(
-                module,
-                items,
-                rows,
-                batch_size=self.batch_size,
-                max_batch_tokens=self.max_batch_tokens,
-                progress=self.progress,
-                description="scoring (steps)",
-            )
+            arrays, tokens = self.teacher_forced_pass(module, items, rows)
             return ScoreResult(
                 scores=arrays["score"].astype(float),
                 forward_tokens=tokens,
