@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from p3bench.callbacks import TokenBudget
-from p3bench.data import load_dataset_splits
+from p3bench.data import DatasetSplits, load_dataset_splits
 from p3bench.errors import ConfigError
 from p3bench.eval.answers import EVALUATORS
 from p3bench.methods import METHODS
@@ -53,24 +53,8 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         from p3bench.execution import require_code_execution
 
         require_code_execution()
-    method_cfg: dict[str, Any] = OmegaConf.to_container(cfg.method, resolve=True)
-    method_cls = METHODS.get(method_cfg.pop("name"))
-    tokenizer = build_tokenizer(
-        cfg.model.tokenizer, [ex.prompt + ex.target for ex in splits.train], cfg.paths.cache_dir, cfg.offline
-    )
-    datamodule: SelectionDataModule = method_cls(
-        splits=splits,
-        tokenizer=tokenizer,
-        budget=cfg.budget,
-        seed=int(cfg.seed),
-        batch_size=cfg.loader.batch_size,
-        eval_batch_size=cfg.loader.eval_batch_size,
-        num_workers=cfg.loader.num_workers,
-        length_grouping=cfg.loader.length_grouping,
-        max_length=cfg.dataset.max_length,
-        cache_dir=cfg.paths.cache_dir,
-        **method_cfg,
-    )
+    datamodule = build_datamodule(cfg, splits)
+    tokenizer = datamodule.tokenizer
     model = build_causal_lm(cfg.model, tokenizer, cfg.offline)
     module = SelectionLM(
         model=model,
@@ -81,6 +65,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         max_new_tokens=cfg.dataset.max_new_tokens,
         test_sampling=OmegaConf.to_container(cfg.test_sampling, resolve=True),
         seed=int(cfg.seed),
+        task=splits.task,
     )
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
@@ -147,6 +132,29 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:  # after the loggers' own closing output, so the table is what stays on screen
         print_summary(results, output_dir)
     return results
+
+
+def build_datamodule(cfg: DictConfig, splits: DatasetSplits) -> SelectionDataModule:
+    """The configured method's datamodule over ``splits``, with the run's tokenizer (trained on the pool for
+    the tiny model, loaded otherwise)."""
+    method_cfg: dict[str, Any] = OmegaConf.to_container(cfg.method, resolve=True)
+    method_cls = METHODS.get(method_cfg.pop("name"))
+    tokenizer = build_tokenizer(
+        cfg.model.tokenizer, [ex.prompt + ex.target for ex in splits.train], cfg.paths.cache_dir, cfg.offline
+    )
+    return method_cls(
+        splits=splits,
+        tokenizer=tokenizer,
+        budget=cfg.budget,
+        seed=int(cfg.seed),
+        batch_size=cfg.loader.batch_size,
+        eval_batch_size=cfg.loader.eval_batch_size,
+        num_workers=cfg.loader.num_workers,
+        length_grouping=cfg.loader.length_grouping,
+        max_length=cfg.dataset.max_length,
+        cache_dir=cfg.paths.cache_dir,
+        **method_cfg,
+    )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -255,18 +263,19 @@ def execution_report() -> dict[str, Any]:
 
 def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     run, sel, metrics, compute = results["run"], results["selection"], results["metrics"], results["compute"]
-    levels = sorted(k for k in metrics if k.startswith("test/accuracy_level_"))
-    header = ["method", "budget", "examples", "train tokens", "test acc"] + [
+    is_lm = results.get("dataset", {}).get("task") == "lm"
+    levels = [] if is_lm else sorted(k for k in metrics if k.startswith("test/accuracy_level_"))
+    header = ["method", "budget", "examples", "train tokens", "test ppl" if is_lm else "test acc"] + [
         k.rsplit("_", 1)[-1] for k in levels
     ]
     header.append("time (s)")
-    acc = metrics.get("test/accuracy")
+    score = metrics.get("test/perplexity" if is_lm else "test/accuracy")
     row = [
         run["method"],
         str(run["budget"]),
         str(sel["n_selected"]),
         str(compute["train_tokens"]),
-        "-" if acc is None else f"{acc:.3f}",
+        "-" if score is None else f"{score:.2f}" if is_lm else f"{score:.3f}",
         *[f"{metrics[k]:.3f}" for k in levels],
         f"{compute['seconds']['total']:.0f}",
     ]
@@ -274,7 +283,12 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     print()
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-    print(f"(per-level columns are test accuracy by difficulty level)\nrun directory: {output_dir}")
+    if is_lm:
+        print(
+            f"(test ppl is held-out perplexity, exp of the mean NLL per token)\nrun directory: {output_dir}"
+        )
+    else:
+        print(f"(per-level columns are test accuracy by difficulty level)\nrun directory: {output_dir}")
 
 
 def close_loggers(loggers: list[Any]) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from p3bench.cli import group_choices
+
 from .conftest import find_run_dirs, read_results, run_cli
 
 SMOKE = ["debug=smoke", "hydra.run.dir=run"]
@@ -233,11 +235,12 @@ def test_iso_compute_trains_every_budget_on_the_same_tokens(tmp_path: Path, cach
 def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
     done = run_cli(["--help"], tmp_path, cache_dir)
     assert done.returncode == 0
+    for group in ("method", "dataset", "model", "experiment"):
+        line = f"{group}: {', '.join(group_choices(group))}"
+        assert line in done.stdout, done.stdout[:2000]
     for line in (
-        "method: curriculum, dpp, easiest, full, hardest, p3, p3_no_dpp, p3_no_spl, p3_static, random, spl",
-        "dataset: apps, gsm8k, math, synthetic_math",
+        "dataset: apps, c4, gsm8k, gutenberg, math, pile, synthetic_math, text_mix, tinyshakespeare",
         "model: hf, tiny",
-        "experiment: gsm8k_small, math_small, p3_apps, p3_math, p3_math_small, p3_synthetic, p3_synthetic_sweep,",
     ):
         assert line in done.stdout, done.stdout[:2000]
 

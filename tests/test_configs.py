@@ -59,6 +59,21 @@ def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path
         overrides += ["model=tiny", "model.name_or_path=null", "model.lora=null", "model.dtype=float32"]
         overrides += ["trainer=default", "offline=true", "budget=0.1", "++dataset.params.max_train=300"]
         overrides += ["dataset.max_length=256", "dataset.max_new_tokens=16", "loader.eval_batch_size=16"]
+    if composed.dataset.name == "c4" and composed.dataset.params.hub_id:
+        # a hub-scale pre-training experiment (sachdeva19_hub): the same pipeline on the local C4 sample, with
+        # a locally trained tokenizer and no downloads
+        overrides += ["dataset.params.hub_id=null", "dataset.params.max_docs=null", "offline=true"]
+        overrides += [
+            "dataset.params.data_files=${paths.data_dir}/c4_sample/c4_demo.jsonl",
+            "trainer=default",
+        ]
+        overrides += [
+            "model.tokenizer.kind=local_bpe",
+            "++model.tokenizer.vocab_size=384",
+            "dataset.max_length=128",
+        ]
+        overrides += ["model.architecture.max_position_embeddings=128", "quality_scorers=standin"]
+        overrides += ["coverage_embedder.name=tfidf", "coverage_embedder.kwargs={}"]
     if "dpp" in composed.method and composed.method.dpp.enabled:
         # the packaged MiniLM embedder is tested on its own; TF-IDF keeps this check fast
         overrides += ["method.dpp.embedder=tfidf"]

@@ -11,6 +11,13 @@ DATASETS.register_lazy("synthetic_math", "p3bench.data.synthetic_math:load_synth
 DATASETS.register_lazy("math", "p3bench.data.math:load_math")
 DATASETS.register_lazy("gsm8k", "p3bench.data.gsm8k:load_gsm8k")
 DATASETS.register_lazy("apps", "p3bench.data.apps:load_apps")
+# pre-training text, the lm task (held-out perplexity; arXiv 2402.09668). gutenberg and tinyshakespeare are
+# plain-text files (p3bench.data.text.load_text_files), which text_mix components can also name as text_files
+DATASETS.register_lazy("c4", "p3bench.data.text:load_c4")
+DATASETS.register_lazy("pile", "p3bench.data.text:load_pile")
+DATASETS.register_lazy("gutenberg", "p3bench.data.text:load_gutenberg")
+DATASETS.register_lazy("tinyshakespeare", "p3bench.data.text:load_tinyshakespeare")
+DATASETS.register_lazy("text_mix", "p3bench.data.text:load_text_mix")
 
 
 def load_dataset_splits(name: str, **params) -> DatasetSplits:

@@ -15,7 +15,8 @@ Checking:
 
 Evaluators: :data:`EVALUATORS` maps a dataset name to a callable ``(generated_text, example) -> bool``.
 ``generated_text`` is the model's continuation only (the text generated after ``example.prompt``), and the
-gold answer is ``example.answer``.
+gold answer is ``example.answer``. The ``perplexity`` evaluator of pre-training text (the ``lm`` task) is
+the exception: it marks the test split as scored by teacher forcing and checks no generated text.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from p3bench.data.example import Example
+from p3bench.errors import ConfigError
 from p3bench.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -270,6 +272,23 @@ def evaluate_synthetic_math(generated_text: str, example: Example) -> bool:
     if _INTEGER.fullmatch(pred_clean) and _INTEGER.fullmatch(gold_clean):
         return int(pred_clean) == int(gold_clean)
     return math_answers_equal(pred, gold)
+
+
+@EVALUATORS.register("perplexity")
+def evaluate_perplexity(generated_text: str, example: Example) -> bool:
+    """The ``lm`` task's evaluator (pre-training text; held-out perplexity as in arXiv 2402.09668).
+
+    Test documents are scored by teacher forcing in the training module (``test/perplexity``); nothing is
+    generated. It is marked ``teacher_forced`` and raises when called, so that a path that would generate
+    and check answers for an lm dataset (a pass-rate scorer, a qa test step) stops with one line instead.
+    """
+    raise ConfigError(
+        f"example {example.id!r} is pre-training text scored by perplexity, not by checking generated answers: "
+        "expected a teacher-forced scorer (e.g. likelihood) for an lm dataset, not one that generates"
+    )
+
+
+evaluate_perplexity.teacher_forced = True  # type: ignore[attr-defined]
 
 
 def check_all(evaluator: Evaluator, pairs: Sequence[tuple[str, Example]]) -> list[bool]:

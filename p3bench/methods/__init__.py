@@ -18,5 +18,24 @@ for _name, _cls in {
     "curriculum": "LevelCurriculum",
 }.items():
     METHODS.register_lazy(_name, f"p3bench.methods.p3:{_cls}")
+# the 19-sampler comparison (arXiv 2402.09668): coverage samplers and quality-score samplers; each size or
+# checkpoint of a scorer family is its own name so that results group by it
+for _name, _target in {
+    "density": "coverage:DensitySampler",
+    "semdedup": "coverage:SemDeDup",
+    "prototypes": "coverage:Prototypes",
+    "ask_llm": "quality_filters:AskLLM",
+    "perplexity": "quality_filters:PerplexityFilter",
+}.items():
+    METHODS.register_lazy(_name, f"p3bench.methods.{_target}")
+for _size in ("small", "base", "large", "xl", "xxl"):
+    METHODS.register_lazy(f"askllm_{_size}", f"p3bench.methods.quality_filters:AskLLM{_size.capitalize()}")
+    METHODS.register_lazy(
+        f"perplexity_{_size}", f"p3bench.methods.quality_filters:Perplexity{_size.capitalize()}"
+    )
+for _step in ("20k", "100k", "300k", "500k", "700k"):
+    METHODS.register_lazy(
+        f"perplexity_{_step}", f"p3bench.methods.quality_filters:PerplexityAt{_step.upper()}"
+    )
 
 __all__ = ["METHODS"]

@@ -302,9 +302,15 @@ class SelectionDataModule(pl.LightningDataModule):
         )
 
     def test_dataloader(self) -> DataLoader:
+        """Test batches with their examples: prompts for generation, or for the ``lm`` task whole documents
+        for teacher-forced scoring (held-out perplexity)."""
         encoded = self.encoded("test")
         examples = self.examples("test")
-        collate = GenerationCollator(self.tokenizer.pad_token_id, self.max_length)
+        collate: TrainCollator | GenerationCollator
+        if self.splits.task == "lm":
+            collate = TrainCollator(self.tokenizer.pad_token_id, self.max_length)
+        else:
+            collate = GenerationCollator(self.tokenizer.pad_token_id, self.max_length)
 
         def collate_with_examples(items: list[dict[str, Any]]) -> dict[str, Any]:
             batch: dict[str, Any] = collate(items)

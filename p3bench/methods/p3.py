@@ -30,7 +30,6 @@ repulsion at any size, at O(N k^2) cost (pools of a few thousand).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.registry import unknown_name_message
 from p3bench.scoring import SCORERS, ScoreResult, ScoringItems, build_scorer
+from p3bench.utils.hashing import id_hash_order
 
 ORDERS = ("random", "easiest", "hardest")
 TRANSFORMS = ("one_minus", "neg_log")
@@ -272,8 +272,7 @@ class P3(SelectionDataModule):
     def _tie_order(self) -> np.ndarray:
         """A fixed pseudo-random order of the pool (by a hash of each id) for breaking exact ties."""
         if self._ties is None:
-            keys = [hashlib.sha256(ex.id.encode()).digest()[:8] for ex in self.pool]
-            self._ties = np.asarray(sorted(range(len(self.pool)), key=keys.__getitem__), dtype=np.int64)
+            self._ties = np.asarray(id_hash_order([ex.id for ex in self.pool]), dtype=np.int64)
         return self._ties
 
     def _difficulty(self, scores: np.ndarray) -> np.ndarray:

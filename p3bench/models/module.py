@@ -1,10 +1,11 @@
 """The LightningModule every method trains: per-example target losses, weighted as the method says, and
-greedy generation for answer checking on the test split."""
+on the test split greedy generation for answer checking (qa, code) or held-out perplexity (lm)."""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytorch_lightning as pl
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from p3bench.data.example import TASK_KINDS
+from p3bench.errors import ConfigError
 from p3bench.eval.answers import check_all
 from p3bench.execution.metrics import pass_at_k
 from p3bench.models.losses import per_example_nll, target_token_counts
@@ -23,7 +26,9 @@ class SelectionLM(pl.LightningModule):
     Each training step computes one loss per example (mean NLL over its target tokens) and combines them
     with coefficients from the datamodule's ``reweight`` hook (by default the selection weights divided by
     the batch size, i.e. a weighted mean); the coefficients are computed from detached losses. Testing
-    generates greedily from each prompt and checks the answer with ``evaluator``.
+    generates greedily from each prompt and checks the answer with ``evaluator``; for the ``lm`` task
+    (pre-training text, arXiv 2402.09668) it scores each test document by teacher forcing instead and
+    reports held-out perplexity (:func:`perplexity_metrics`), and validation also logs ``val/perplexity``.
     """
 
     def __init__(
@@ -36,8 +41,11 @@ class SelectionLM(pl.LightningModule):
         max_new_tokens: int = 64,
         test_sampling: Mapping[str, Any] | None = None,
         seed: int = 0,
+        task: str = "qa",
     ) -> None:
         super().__init__()
+        check_task_evaluator(task, evaluator)
+        self.task = task
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
@@ -54,6 +62,8 @@ class SelectionLM(pl.LightningModule):
         self.train_target_tokens = 0
         self.train_examples = 0
         self.test_records: list[dict[str, Any]] = []
+        self._val_nll = 0.0
+        self._val_tokens = 0
 
     # training ---------------------------------------------------------------------------------------------
     def per_example_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -82,6 +92,27 @@ class SelectionLM(pl.LightningModule):
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         losses = self.per_example_loss(batch)
         self.log("val/loss", losses.mean(), prog_bar=True, batch_size=losses.numel(), sync_dist=True)
+        if self.task == "lm":
+            counts = target_token_counts(batch["labels"])
+            self._val_nll += float((losses.double() * counts).sum())
+            self._val_tokens += int(counts.sum())
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_nll, self._val_tokens = 0.0, 0
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/perplexity`` for the lm task: exp of the NLL per token over every validation token (summed
+        over processes, so it is token-weighted under DDP too)."""
+        if self.task != "lm":
+            return
+        totals = torch.tensor(
+            [self._val_nll, float(self._val_tokens)], dtype=torch.float64, device=self.device
+        )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)
+        nll, tokens = totals.tolist()
+        if tokens > 0:
+            self.log("val/perplexity", _safe_exp(nll / tokens), sync_dist=True)
 
     # testing: greedy generation and answer checking --------------------------------------------------------
     @torch.no_grad()
@@ -129,8 +160,12 @@ class SelectionLM(pl.LightningModule):
         return record
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if self.task == "lm":
+            self.lm_test_step(batch)
+            return
         if self.evaluator is None:
             raise RuntimeError("testing needs an evaluator for the dataset's answers")
+        check_task_evaluator(self.task, self.evaluator)
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
         samples: list[str] = []
         if self.test_samples > 0:
@@ -147,6 +182,20 @@ class SelectionLM(pl.LightningModule):
             record.update(generated=text, answer=example.answer)
             self.test_records.append(record)
 
+    @torch.no_grad()
+    def lm_test_step(self, batch: Mapping[str, Any]) -> None:
+        """Teacher-forced NLL of each test document: the sum over its target tokens and their count (every
+        token after BOS, up to ``max_length``), recorded per document with its domain."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        counts = target_token_counts(batch["labels"])
+        sums = per_example_nll(logits, batch["labels"]).double() * counts
+        for example, nll_sum, n_tokens in zip(batch["examples"], sums.tolist(), counts.tolist(), strict=True):
+            record: dict[str, Any] = {"id": example.id}
+            if example.meta.get("level") is not None:
+                record["level"] = example.meta["level"]
+            record.update(domain=example.meta.get("domain"), nll_sum=float(nll_sum), n_tokens=int(n_tokens))
+            self.test_records.append(record)
+
     def on_test_epoch_end(self) -> None:
         records = self.test_records
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -156,7 +205,8 @@ class SelectionLM(pl.LightningModule):
             unique = {r["id"]: r for part in gathered for r in part}
             records = sorted(unique.values(), key=lambda r: r["id"])
             self.test_records = records
-        for name, value in accuracy_by_level(records).items():
+        metrics = perplexity_metrics(records) if self.task == "lm" else accuracy_by_level(records)
+        for name, value in metrics.items():
             self.log(f"test/{name}", value, rank_zero_only=True)
 
     # optimisation ------------------------------------------------------------------------------------------
@@ -228,4 +278,63 @@ def accuracy_by_level(records: list[dict[str, Any]]) -> dict[str, float]:
         metrics[name] = sum(float(r[key]) for r in rows) / len(rows)
         for level in sorted(k for k in by_level if k is not None):
             metrics[f"{name}_level_{level}"] = sum(by_level[level]) / len(by_level[level])
+    return metrics
+
+
+def check_task_evaluator(task: str, evaluator: Any) -> None:
+    """The lm task is scored by teacher forcing (the ``perplexity`` evaluator, or none); every other task by
+    checking generated text, never by ``perplexity``. A mismatch is a one-line :class:`ConfigError`."""
+    if task not in TASK_KINDS:
+        raise ConfigError(f"task={task!r} is not a task kind: expected one of {', '.join(TASK_KINDS)}")
+    teacher_forced = bool(getattr(evaluator, "teacher_forced", False))
+    name = getattr(evaluator, "__name__", type(evaluator).__name__)
+    if task == "lm" and evaluator is not None and not teacher_forced:
+        raise ConfigError(
+            f"the dataset's task is 'lm' but its evaluator ({name}) checks generated answers: expected "
+            "dataset.evaluator=perplexity (held-out perplexity by teacher forcing)"
+        )
+    if task != "lm" and teacher_forced:
+        raise ConfigError(
+            f"evaluator 'perplexity' scores pre-training text but the dataset's task is {task!r}: expected the "
+            "dataset's answer evaluator"
+        )
+
+
+def _safe_exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
+
+
+def metric_safe(name: Any) -> str:
+    """A domain as a metric-name part: lowercase letters, digits and ``_`` (``"Wikipedia (en)"`` ->
+    ``"wikipedia_en"``, ``"Pile-CC"`` -> ``"pile_cc"``)."""
+    return re.sub(r"[^0-9a-z]+", "_", str(name).lower()).strip("_") or "unnamed"
+
+
+def perplexity_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Held-out perplexity from per-document ``nll_sum`` and ``n_tokens``: ``loss`` (mean NLL per token over
+    all tokens), ``perplexity = exp(loss)``, ``perplexity_domain_<domain>`` for each domain (metric-safe
+    names; two domains that read the same get ``_2``, ``_3`` suffixes in sorted order), ``n_examples`` and
+    ``n_tokens``. Documents are weighted by their token counts (corpus perplexity, arXiv 2402.09668)."""
+    if not records:
+        return {}
+    nll = sum(float(r["nll_sum"]) for r in records)
+    tokens = sum(int(r["n_tokens"]) for r in records)
+    metrics = {"n_examples": float(len(records)), "n_tokens": float(tokens)}
+    if tokens == 0:
+        return metrics
+    metrics["loss"] = nll / tokens
+    metrics["perplexity"] = _safe_exp(nll / tokens)
+    by_domain: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in records:
+        if r.get("domain") is not None:
+            by_domain[str(r["domain"])][0] += float(r["nll_sum"])
+            by_domain[str(r["domain"])][1] += int(r["n_tokens"])
+    used: Counter[str] = Counter()
+    for domain in sorted(by_domain):
+        domain_nll, domain_tokens = by_domain[domain]
+        base = metric_safe(domain)
+        used[base] += 1
+        key = base if used[base] == 1 else f"{base}_{used[base]}"
+        if domain_tokens > 0:
+            metrics[f"perplexity_domain_{key}"] = _safe_exp(domain_nll / domain_tokens)
     return metrics

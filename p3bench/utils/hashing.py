@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 def ids_sha256(ids: Iterable[str]) -> str:
@@ -18,3 +18,10 @@ def texts_sha256(texts: Iterable[str]) -> str:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def id_hash_order(ids: Sequence[str]) -> list[int]:
+    """Positions of ``ids`` sorted by a hash of each id: a fixed pseudo-random order for breaking exact ties
+    that does not depend on the pool's order or on any seed."""
+    keys = [hashlib.sha256(i.encode("utf-8")).digest()[:8] for i in ids]
+    return sorted(range(len(keys)), key=keys.__getitem__)

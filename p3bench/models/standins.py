@@ -1,0 +1,479 @@
+"""Small local stand-ins for the hub models a paper scores its data with, trained here on a CPU.
+
+Sachdeva et al., "How to Train Data-Efficient LLMs" (arXiv 2402.09668) score C4 with Flan-T5-{Small, Base,
+Large, XL, XXL} (Ask-LLM), with T5-{Small, ..., XXL}, and with five intermediate checkpoints of T5-Large
+(perplexity filters). Those need a model hub and a GPU. Without them, p3bench trains small stand-ins of the
+same families and roles, and every result that used one says so (``standin.json`` travels with the scorer's
+fingerprint into the run's diagnostics):
+
+- **Perplexity proxies**: Llama-architecture causal LMs of five sizes, trained with the LM objective on the
+  pool they will filter (the paper's proxies were pre-trained on C4, the pool it filters), with checkpoints
+  at 2%, 10%, 30%, 50% and 70% of training (the paper's 20k/100k/300k/500k/700k of 1M steps). Departure:
+  the paper's proxies are encoder-decoder T5 models; a causal LM's perplexity is well defined, T5's is not
+  stated in the paper.
+- **Ask-LLM judges**: T5-architecture seq2seq models of five sizes, trained on the paper's prompt to answer
+  "yes" for documents of a reference corpus of curated text and "no" for degraded copies of the same
+  documents (shuffled words, character noise, a repeated line, word salad). They judge well-formedness
+  only. They have none of the world knowledge or instruction following that Flan-T5 brings, which is what the
+  paper credits for Ask-LLM's gains, so conclusions about Ask-LLM drawn from them are about the code path
+  and about a well-formedness filter, not about the paper's claim.
+
+Each stand-in is an ordinary Hugging Face directory (model, tokenizer, and ``standin.json`` describing how it
+was made), so the scorers load it through the same code path as a hub model. Directories are cached under
+``cache_dir/standins`` keyed by everything the weights depend on, built once under a file lock (parallel
+sweep jobs wait for the first one) and moved into place atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.utils import logging as hf_logging
+
+from p3bench.errors import ConfigError
+from p3bench.models.tokenizer import train_local_tokenizer
+from p3bench.utils.hashing import texts_sha256
+
+log = logging.getLogger(__name__)
+
+STANDIN_VERSION = 1
+
+#: Causal LM proxies (Llama architecture), smallest to largest, named after the paper's T5 sizes.
+CAUSAL_SIZES: dict[str, dict[str, int]] = {
+    "small": {"hidden_size": 32, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2},
+    "base": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "large": {"hidden_size": 96, "intermediate_size": 288, "num_hidden_layers": 3, "num_attention_heads": 3},
+    "xl": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4},
+    "xxl": {"hidden_size": 192, "intermediate_size": 576, "num_hidden_layers": 4, "num_attention_heads": 4},
+}
+
+#: Ask-LLM judges (T5 architecture), smallest to largest.
+SEQ2SEQ_SIZES: dict[str, dict[str, int]] = {
+    "small": {"d_model": 32, "d_ff": 96, "num_layers": 1, "num_heads": 2},
+    "base": {"d_model": 48, "d_ff": 144, "num_layers": 2, "num_heads": 2},
+    "large": {"d_model": 64, "d_ff": 192, "num_layers": 2, "num_heads": 4},
+    "xl": {"d_model": 96, "d_ff": 288, "num_layers": 3, "num_heads": 4},
+    "xxl": {"d_model": 128, "d_ff": 384, "num_layers": 4, "num_heads": 4},
+}
+
+#: The paper's perplexity-checkpoint series (steps of a 1M-step T5-Large run) as fractions of training.
+CHECKPOINT_FRACTIONS = (0.02, 0.1, 0.3, 0.5, 0.7)
+
+DEGRADATIONS = ("shuffle_words", "character_noise", "repeated_line", "word_salad")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a stand-in is trained: optimizer steps, batch size, peak learning rate, sequence cap, seed."""
+
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 2e-3
+    max_length: int = 256
+    seed: int = 0
+    vocab_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_length", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"stand-in {name}={value!r} is invalid: expected an integer >= 1")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"stand-in lr={self.lr!r} is invalid: expected a positive number")
+
+
+def _check_size(size: str, table: dict[str, dict[str, int]], kind: str) -> dict[str, int]:
+    if size not in table:
+        raise ConfigError(f"{kind} stand-in size {size!r} is unknown: expected one of {', '.join(table)}")
+    return table[size]
+
+
+def checkpoint_steps(total_steps: int, fractions: Sequence[float] = CHECKPOINT_FRACTIONS) -> list[int]:
+    """The optimizer steps at which the checkpoint series is saved (at least step 1, distinct, sorted)."""
+    for fraction in fractions:
+        if not 0 < float(fraction) <= 1:
+            raise ConfigError(f"checkpoint fraction {fraction!r} is invalid: expected a number in (0, 1]")
+    return sorted({max(1, round(float(f) * total_steps)) for f in fractions})
+
+
+# -- caching -------------------------------------------------------------------------------------------------
+
+
+def _key(parts: dict[str, Any]) -> str:
+    return texts_sha256([json.dumps(parts, sort_keys=True)])[:20]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a lock file), so concurrent sweep jobs build a stand-in once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place (atomic rename), or drop it if another process won."""
+    try:
+        tmp.replace(final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _standins_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "standins"
+
+
+# -- perplexity proxies -----------------------------------------------------------------------------------------
+
+
+def causal_proxy_checkpoints(
+    texts: Sequence[str],
+    size: str,
+    cache_dir: str | Path,
+    settings: TrainingSettings | None = None,
+    fractions: Sequence[float] = CHECKPOINT_FRACTIONS,
+    progress: bool = False,
+) -> dict[int, Path]:
+    """Directories of a causal LM proxy of ``size`` trained on ``texts``: the final model (key
+    ``settings.steps``) and the checkpoints at ``fractions`` of training. Trained on first use, then cached.
+    """
+    settings = settings or TrainingSettings()
+    architecture = _check_size(size, CAUSAL_SIZES, "causal proxy")
+    if not texts:
+        raise ConfigError("a perplexity proxy needs training texts: the pool is empty")
+    steps = [*checkpoint_steps(settings.steps, fractions), settings.steps]
+    key = _key(
+        {
+            "kind": "causal_proxy",
+            "version": STANDIN_VERSION,
+            "size": size,
+            "architecture": architecture,
+            "settings": vars(settings),
+            "corpus": texts_sha256(texts),
+            "n": len(texts),
+            "steps": steps,
+        }
+    )
+    root = _standins_dir(cache_dir) / f"causal-{size}-{key}"
+    wanted = {step: root / f"step-{step}" for step in steps}
+    with _locked(root.with_suffix(".lock")):
+        if all((path / "standin.json").is_file() for path in wanted.values()):
+            return wanted
+        log.info(
+            "training the %s causal proxy stand-in (%d steps) on %d texts", size, settings.steps, len(texts)
+        )
+        _train_causal_proxy(texts, architecture, settings, sorted(set(steps)), root, size, progress)
+    return wanted
+
+
+def _train_causal_proxy(
+    texts: Sequence[str],
+    architecture: dict[str, int],
+    settings: TrainingSettings,
+    save_at: list[int],
+    root: Path,
+    size: str,
+    progress: bool,
+) -> None:
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    tokenizer = train_local_tokenizer(list(texts), settings.vocab_size)
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    sequences = [
+        ([tokenizer.bos_token_id] + row + [tokenizer.eos_token_id])[: settings.max_length] for row in ids
+    ]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        num_key_value_heads=architecture["num_attention_heads"],
+        max_position_embeddings=settings.max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        **architecture,
+    )
+    model = LlamaForCausalLM(config)
+    optimizer, scheduler = _optimizer(model, settings)
+    model.train()
+    losses: list[float] = []
+    for step in _steps(settings.steps, progress, f"training proxy ({size})"):
+        rows = [sequences[i] for i in rng.integers(0, len(sequences), settings.batch_size)]
+        input_ids, attention = _right_padded(rows, tokenizer.pad_token_id)
+        labels = input_ids.masked_fill(attention == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        _update(loss, model, optimizer, scheduler)
+        losses.append(loss.item())
+        if step in save_at:
+            record = {
+                "standin": True,
+                "role": "perplexity proxy",
+                "stands_in_for": "T5 perplexity filter (arXiv 2402.09668, App. B.5)",
+                "architecture": "llama",
+                "size": size,
+                "step": step,
+                "total_steps": settings.steps,
+                "settings": vars(settings),
+                "n_train_texts": len(texts),
+                "train_loss_last_20": float(np.mean(losses[-20:])),
+                "version": STANDIN_VERSION,
+            }
+            _save(model, tokenizer, record, root / f"step-{step}")
+
+
+# -- Ask-LLM judges -------------------------------------------------------------------------------------------
+
+
+def degrade(text: str, kind: str, rng: np.random.Generator, vocabulary: Sequence[str]) -> str:
+    """A low-quality copy of ``text`` of the given kind (one of :data:`DEGRADATIONS`)."""
+    words = text.split()
+    if not words:
+        return text
+    if kind == "shuffle_words":
+        return " ".join(words[i] for i in rng.permutation(len(words)))
+    if kind == "character_noise":
+        chars = list(text)
+        letters = "abcdefghijklmnopqrstuvwxyz0123456789#@%&"
+        for i in np.flatnonzero(rng.random(len(chars)) < 0.3):
+            chars[i] = letters[rng.integers(len(letters))]
+        return "".join(chars)
+    if kind == "repeated_line":
+        start = int(rng.integers(0, max(1, len(words) - 6)))
+        line = " ".join(words[start : start + 6])
+        return "\n".join([line] * max(3, len(words) // max(1, len(line.split()))))
+    if kind == "word_salad":
+        return " ".join(vocabulary[i] for i in rng.integers(0, len(vocabulary), len(words)))
+    raise ConfigError(f"degradation {kind!r} is unknown: expected one of {', '.join(DEGRADATIONS)}")
+
+
+def ask_llm_judge(
+    reference_texts: Sequence[str],
+    size: str,
+    template: str,
+    cache_dir: str | Path,
+    settings: TrainingSettings | None = None,
+    max_text_words: int = 120,
+    progress: bool = False,
+) -> Path:
+    """The directory of a T5 Ask-LLM stand-in of ``size`` trained to answer the ``template`` prompt (with a
+    ``{text}`` placeholder) with "yes" for ``reference_texts`` and "no" for degraded copies of them."""
+    settings = settings or TrainingSettings(steps=300, lr=1e-3)
+    architecture = _check_size(size, SEQ2SEQ_SIZES, "Ask-LLM")
+    if "{text}" not in template:
+        raise ConfigError("the Ask-LLM template has no {text} placeholder: expected one where the text goes")
+    texts = [t for t in reference_texts if t.split()]
+    if len(texts) < 10:
+        raise ConfigError(
+            f"the Ask-LLM stand-in has {len(texts)} usable reference texts: expected at least 10"
+        )
+    key = _key(
+        {
+            "kind": "ask_llm_judge",
+            "version": STANDIN_VERSION,
+            "size": size,
+            "architecture": architecture,
+            "settings": vars(settings),
+            "corpus": texts_sha256(texts),
+            "template": template,
+            "max_text_words": max_text_words,
+        }
+    )
+    path = _standins_dir(cache_dir) / f"askllm-{size}-{key}"
+    with _locked(path.with_suffix(".lock")):
+        if not (path / "standin.json").is_file():
+            log.info(
+                "training the %s Ask-LLM stand-in (%d steps) on %d texts", size, settings.steps, len(texts)
+            )
+            _train_judge(texts, architecture, settings, template, max_text_words, path, size, progress)
+    return path
+
+
+def judge_examples(
+    texts: Sequence[str], template: str, max_text_words: int, seed: int
+) -> tuple[list[str], list[str]]:
+    """Prompts and answers the judges learn from: each text as it is ("yes") and one degraded copy ("no")."""
+    rng = np.random.default_rng(seed)
+    vocabulary = sorted({w for t in texts for w in t.split()})
+    prompts, answers = [], []
+    for text in texts:
+        clipped = " ".join(text.split()[:max_text_words])
+        bad = degrade(clipped, DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))], rng, vocabulary)
+        prompts += [template.format(text=clipped), template.format(text=bad)]
+        answers += ["yes", "no"]
+    return prompts, answers
+
+
+def _train_judge(
+    texts: list[str],
+    architecture: dict[str, int],
+    settings: TrainingSettings,
+    template: str,
+    max_text_words: int,
+    path: Path,
+    size: str,
+    progress: bool,
+) -> None:
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    prompts, answers = judge_examples(texts, template, max_text_words, settings.seed)
+    order = rng.permutation(len(prompts))
+    n_heldout = max(2, len(prompts) // 10)
+    heldout, train = order[:n_heldout], order[n_heldout:]
+    tokenizer = train_local_tokenizer(prompts, settings.vocab_size)
+    tokenizer.add_tokens([AddedToken(word, single_word=True) for word in ("yes", "no")])
+    # the words cap keeps prompts short; they are never cut, so the question is always seen whole
+    encoded = [row + [tokenizer.eos_token_id] for row in tokenizer(prompts)["input_ids"]]
+    answer_ids = {word: tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no")}
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_kv=architecture["d_model"] // architecture["num_heads"],
+        num_decoder_layers=1,
+        feed_forward_proj="relu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **architecture,
+    )
+    model = T5ForConditionalGeneration(config)
+    optimizer, scheduler = _optimizer(model, settings)
+    model.train()
+    for _ in _steps(settings.steps, progress, f"training Ask-LLM stand-in ({size})"):
+        batch = [int(i) for i in rng.choice(train, settings.batch_size)]
+        input_ids, attention = _right_padded([encoded[i] for i in batch], tokenizer.pad_token_id)
+        labels = torch.tensor([[answer_ids[answers[i]], tokenizer.eos_token_id] for i in batch])
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        _update(loss, model, optimizer, scheduler)
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(heldout), 32):
+            rows = [int(i) for i in heldout[start : start + 32]]
+            input_ids, attention = _right_padded([encoded[i] for i in rows], tokenizer.pad_token_id)
+            start_ids = torch.full((len(rows), 1), config.decoder_start_token_id)
+            logits = model(input_ids=input_ids, attention_mask=attention, decoder_input_ids=start_ids).logits
+            says_yes = logits[:, 0, answer_ids["yes"]] > logits[:, 0, answer_ids["no"]]
+            correct += sum(
+                bool(y) == (answers[i] == "yes") for y, i in zip(says_yes.tolist(), rows, strict=True)
+            )
+    record = {
+        "standin": True,
+        "role": "Ask-LLM judge",
+        "stands_in_for": "Flan-T5 Ask-LLM scorer (arXiv 2402.09668, §3.1, App. B.6)",
+        "architecture": "t5",
+        "size": size,
+        "trained_on": "the Ask-LLM prompt: reference texts -> yes, degraded copies -> no",
+        "degradations": list(DEGRADATIONS),
+        "settings": vars(settings),
+        "n_reference_texts": len(texts),
+        "max_text_words": max_text_words,
+        "heldout_accuracy": correct / len(heldout),
+        "n_heldout": len(heldout),
+        "version": STANDIN_VERSION,
+    }
+    _save(model, tokenizer, record, path)
+
+
+# -- shared training pieces --------------------------------------------------------------------------------------
+
+
+def _optimizer(
+    model: torch.nn.Module, settings: TrainingSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    warmup = max(1, settings.steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, settings.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _update(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+def _steps(total: int, progress: bool, description: str) -> Iterator[int]:
+    """Steps 1..total, with a progress bar when asked."""
+    steps: Any = range(1, total + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=description, leave=False)
+    yield from steps
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+    return input_ids, attention
+
+
+def _save(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, record: dict[str, Any], path: Path
+) -> None:
+    """Save model, tokenizer and ``standin.json`` to ``path`` through a temporary sibling directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "standin.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    _publish(tmp, path)
+
+
+def read_standin_record(path: str | Path) -> dict[str, Any] | None:
+    """The ``standin.json`` of a model directory, or None for a model that is not a local stand-in."""
+    record = Path(path) / "standin.json"
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text(encoding="utf-8"))
