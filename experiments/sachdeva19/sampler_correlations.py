@@ -2,8 +2,9 @@
 
 Each sampler of the comparison scores every pool example (in the sign the paper plots: log P(yes) for
 Ask-LLM, negated perplexity, negated in-cluster cosine for SemDeDup and Prototypes, kernel density for
-Density; Random is a uniform draw). The scores come from the same cache the sweep filled, so running this
-after ``p3bench -m experiment=sachdeva19`` recomputes nothing::
+Density; Random is a uniform draw). Model scores, embeddings, clusterings and stand-ins come from the cache
+the sweep filled, so after ``p3bench -m experiment=sachdeva19`` only the cheap steps (the density
+sketch, the in-cluster similarities) run again::
 
     python experiments/sachdeva19/sampler_correlations.py --out experiments/sachdeva19/kendall_tau.csv
 

@@ -1,4 +1,4 @@
-"""Summarise a ``sachdeva19_sweep`` (and its ``full`` reference): held-out perplexity per sampler and budget,
+"""Summarise a ``sachdeva19`` sweep (and its ``full`` reference): held-out perplexity per sampler and budget,
 what each sampler kept of the planted junk and near-duplicates, and the paper's qualitative findings
 (arXiv 2402.09668, §4.5) checked on these numbers::
 

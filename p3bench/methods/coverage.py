@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import sklearn
 
 from p3bench.algorithms import clusters as clustering
 from p3bench.algorithms import density
@@ -169,7 +170,9 @@ class ClusterSampler(EmbeddingSampler):
             )
         if self.cache_dir is None:
             return clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed)
-        digest = hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest()[:20]
+        digest = hashlib.sha256(np.ascontiguousarray(vectors).tobytes())
+        digest.update(f"sklearn {sklearn.__version__}".encode())  # k-means results may change across versions
+        digest = digest.hexdigest()[:20]
         base = (
             Path(self.cache_dir)
             / "clusters"

@@ -107,10 +107,16 @@ class PoolScoringMethod(SelectionDataModule):
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
-    """Mean, spread and quartiles of a pool's scores (for the run's diagnostics)."""
+    """Mean, spread and quartiles of a pool's finite scores, and how many are not finite (diagnostics)."""
     values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    n_not_finite = int(values.size - finite.size)
+    if finite.size == 0:
+        return {"n_not_finite": n_not_finite}
+    values = finite
     q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
     return {
+        "n_not_finite": n_not_finite,
         "mean": float(values.mean()),
         "std": float(values.std()),
         "min": float(q[0]),

@@ -28,7 +28,7 @@ from p3bench.errors import ConfigError
 from p3bench.methods.base import SelectionContext
 from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod, choice, example_text
 from p3bench.models import standins
-from p3bench.scoring.ask_llm import ASK_LLM_TEMPLATE, AskLLMScorer
+from p3bench.scoring.ask_llm import ASK_LLM_TEMPLATE, MODEL_KINDS, NORMALISATIONS, AskLLMScorer
 from p3bench.scoring.cache import cached_scores
 from p3bench.scoring.perplexity import PerplexityScorer
 
@@ -146,10 +146,10 @@ class AskLLM(ModelScoredSampler):
             raise ConfigError(
                 "method.template has no {text} placeholder: expected one where the example goes"
             )
-        self.normalisation = normalisation
+        self.normalisation = choice("normalisation", normalisation, NORMALISATIONS)
         self.yes_tokens = list(yes_tokens or ["yes"])
         self.no_tokens = list(no_tokens or ["no"])
-        self.model_kind = model_kind
+        self.model_kind = choice("model_kind", model_kind, MODEL_KINDS)
         self.standin = _merge("standin", {**ASK_STANDIN_DEFAULTS, **self.preset.get("standin", {})}, standin)
 
     def model_path(self) -> tuple[str, dict[str, Any] | None]:
@@ -181,7 +181,7 @@ class AskLLM(ModelScoredSampler):
             yes_tokens=self.yes_tokens,
             no_tokens=self.no_tokens,
             normalisation=self.normalisation,
-            max_text_tokens=int(self.scoring["max_tokens"] or 128),
+            max_text_tokens=None if self.scoring["max_tokens"] is None else int(self.scoring["max_tokens"]),
             batch_size=int(self.scoring["batch_size"]),
             device=self.device(ctx),
             dtype=self.hub["dtype"],
@@ -211,6 +211,11 @@ def reference_texts(specs: list[dict[str, Any]], exclude: set[str]) -> list[str]
     texts: list[str] = []
     for spec in specs:
         spec = dict(spec)
+        unknown = sorted(set(spec) - {"name", "params", "max_docs"})
+        if unknown:
+            raise ConfigError(
+                f"method.standin.reference entry has unknown keys {unknown}: expected name, params, max_docs"
+            )
         name = spec.pop("name", None)
         if name is None:
             raise ConfigError(
@@ -305,14 +310,18 @@ class PerplexityFilter(ModelScoredSampler):
         return PoolScores(values=-np.asarray(perplexity, dtype=np.float64), info=info)
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
-        k, n = self.budget_size, len(self.pool)
-        if self.band == "low":  # the highest negated perplexity
-            return self.top_k(scores.values, k), {}
+        k, values = self.budget_size, scores.values
+        # lowest perplexity first (exact ties by the id-hash order); examples without a perplexity last in
+        # every band
+        ranked = np.lexsort((self.tie_rank(), -values))
+        finite = ranked[np.isfinite(values[ranked])]
+        rest = ranked[~np.isfinite(values[ranked])]
+        if self.band == "low":
+            return np.sort(ranked[:k]), {}
         if self.band == "high":
-            return self.top_k(-scores.values, k), {}
-        ranked = np.lexsort((self.tie_rank(), -scores.values))
-        start = (n - k) // 2
-        return np.sort(ranked[start : start + k]), {"band_start_rank": int(start)}
+            return np.sort(np.concatenate([finite[::-1], rest])[:k]), {}
+        start = max(0, (len(finite) - k) // 2)
+        return np.sort(np.concatenate([finite, rest])[start : start + k]), {"band_start_rank": int(start)}
 
 
 # -- the named variants of the comparison ------------------------------------------------------------------------

@@ -13,7 +13,8 @@ fingerprint into the run's diagnostics):
   stated in the paper.
 - **Ask-LLM judges**: T5-architecture seq2seq models of five sizes, trained on the paper's prompt to answer
   "yes" for documents of a reference corpus of curated text and "no" for degraded copies of the same
-  documents (shuffled words, character noise, a repeated line, word salad). They judge well-formedness
+  documents (character noise, reversed words, random letters, clipped words: unlike the junk that
+  ``text_mix`` plants, so an effect on that junk is generalisation). They judge well-formedness
   only. They have none of the world knowledge or instruction following that Flan-T5 brings, which is what the
   paper credits for Ask-LLM's gains, so conclusions about Ask-LLM drawn from them are about the code path
   and about a well-formedness filter, not about the paper's claim.
@@ -31,6 +32,7 @@ import fcntl
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -56,7 +58,7 @@ from p3bench.utils.hashing import texts_sha256
 
 log = logging.getLogger(__name__)
 
-STANDIN_VERSION = 1
+STANDIN_VERSION = 2
 
 #: Causal LM proxies (Llama architecture), smallest to largest, named after the paper's T5 sizes.
 CAUSAL_SIZES: dict[str, dict[str, int]] = {
@@ -79,7 +81,10 @@ SEQ2SEQ_SIZES: dict[str, dict[str, int]] = {
 #: The paper's perplexity-checkpoint series (steps of a 1M-step T5-Large run) as fractions of training.
 CHECKPOINT_FRACTIONS = (0.02, 0.1, 0.3, 0.5, 0.7)
 
-DEGRADATIONS = ("shuffle_words", "character_noise", "repeated_line", "word_salad")
+#: How the Ask-LLM stand-ins' negatives are made. Deliberately different in kind from the junk that
+#: ``text_mix`` plants (shuffled words, boilerplate lines, keyword spam: all real words), so that a stand-in's
+#: effect on planted junk measures generalisation, not recall of its own training recipe.
+DEGRADATIONS = ("character_noise", "reversed_words", "letter_salad", "clipped_words")
 
 
 @dataclass(frozen=True)
@@ -247,26 +252,41 @@ def _train_causal_proxy(
 # -- Ask-LLM judges -------------------------------------------------------------------------------------------
 
 
-def degrade(text: str, kind: str, rng: np.random.Generator, vocabulary: Sequence[str]) -> str:
-    """A low-quality copy of ``text`` of the given kind (one of :data:`DEGRADATIONS`)."""
-    words = text.split()
+def degrade(text: str, kind: str, rng: np.random.Generator) -> str:
+    """A low-quality copy of ``text`` of the given kind (one of :data:`DEGRADATIONS`), whitespace (line and
+    paragraph breaks) kept as it is, so that the layout of a text tells nothing."""
+    parts = re.split(r"(\s+)", text)
+    words = [i for i, part in enumerate(parts) if part and not part.isspace()]
     if not words:
         return text
-    if kind == "shuffle_words":
-        return " ".join(words[i] for i in rng.permutation(len(words)))
-    if kind == "character_noise":
-        chars = list(text)
-        letters = "abcdefghijklmnopqrstuvwxyz0123456789#@%&"
-        for i in np.flatnonzero(rng.random(len(chars)) < 0.3):
-            chars[i] = letters[rng.integers(len(letters))]
-        return "".join(chars)
-    if kind == "repeated_line":
-        start = int(rng.integers(0, max(1, len(words) - 6)))
-        line = " ".join(words[start : start + 6])
-        return "\n".join([line] * max(3, len(words) // max(1, len(line.split()))))
-    if kind == "word_salad":
-        return " ".join(vocabulary[i] for i in rng.integers(0, len(vocabulary), len(words)))
-    raise ConfigError(f"degradation {kind!r} is unknown: expected one of {', '.join(DEGRADATIONS)}")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for i in words:
+        word = parts[i]
+        if kind == "character_noise":
+            noisy = [letters[rng.integers(26)] if rng.random() < 0.3 else c for c in word]
+            parts[i] = "".join(noisy)
+        elif kind == "reversed_words":
+            parts[i] = word[::-1]
+        elif kind == "letter_salad":
+            parts[i] = "".join(letters[j] for j in rng.integers(0, 26, len(word)))
+        elif kind == "clipped_words":
+            parts[i] = word[: max(1, min(3, len(word) - 1))]
+        else:
+            raise ConfigError(f"degradation {kind!r} is unknown: expected one of {', '.join(DEGRADATIONS)}")
+    return "".join(parts)
+
+
+def clip_words(text: str, max_words: int) -> str:
+    """The first ``max_words`` words of ``text`` with the whitespace between them as it was."""
+    parts = re.split(r"(\s+)", text.strip())
+    kept, count = [], 0
+    for part in parts:
+        if part and not part.isspace():
+            if count == max_words:
+                break
+            count += 1
+        kept.append(part)
+    return "".join(kept).rstrip()
 
 
 def ask_llm_judge(
@@ -314,13 +334,13 @@ def ask_llm_judge(
 def judge_examples(
     texts: Sequence[str], template: str, max_text_words: int, seed: int
 ) -> tuple[list[str], list[str]]:
-    """Prompts and answers the judges learn from: each text as it is ("yes") and one degraded copy ("no")."""
+    """Prompts and answers the judges learn from: each text as it is ("yes") and one degraded copy ("no"),
+    in that order (so the pair of text ``i`` is at ``2i`` and ``2i + 1``)."""
     rng = np.random.default_rng(seed)
-    vocabulary = sorted({w for t in texts for w in t.split()})
     prompts, answers = [], []
     for text in texts:
-        clipped = " ".join(text.split()[:max_text_words])
-        bad = degrade(clipped, DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))], rng, vocabulary)
+        clipped = clip_words(text, max_text_words)
+        bad = degrade(clipped, DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))], rng)
         prompts += [template.format(text=clipped), template.format(text=bad)]
         answers += ["yes", "no"]
     return prompts, answers
@@ -339,9 +359,11 @@ def _train_judge(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     prompts, answers = judge_examples(texts, template, max_text_words, settings.seed)
-    order = rng.permutation(len(prompts))
-    n_heldout = max(2, len(prompts) // 10)
-    heldout, train = order[:n_heldout], order[n_heldout:]
+    # held out by text: a text and its degraded copy are on the same side
+    texts_order = rng.permutation(len(texts))
+    n_heldout = max(1, len(texts) // 10)
+    heldout = np.concatenate([[2 * i, 2 * i + 1] for i in texts_order[:n_heldout]])
+    train = np.concatenate([[2 * i, 2 * i + 1] for i in texts_order[n_heldout:]])
     tokenizer = train_local_tokenizer(prompts, settings.vocab_size)
     tokenizer.add_tokens([AddedToken(word, single_word=True) for word in ("yes", "no")])
     # the words cap keeps prompts short; they are never cut, so the question is always seen whole
