@@ -77,7 +77,11 @@ def table(runs: list[dict]) -> tuple[str, dict[tuple[str, float], float]]:
     )
     lines = [header, "|---" * (len(budgets) + 4) + "|"]
     if full:
-        lines.append("| full (1.0) | " + " | ".join(f"{full[0]:.2f}" for _ in budgets) + " | - | - | 0 |")
+        full_runs = [r["ppl"] for (m, _), rs in by.items() if m == "full" for r in rs]
+        spread = f" ± {statistics.stdev(full_runs):.1f}" if len(full_runs) > 1 else ""
+        lines.append(
+            "| full (1.0) | " + " | ".join(f"{full[0]:.2f}{spread}" for _ in budgets) + " | - | - | 0 |"
+        )
     best = {
         b: min((v for (m, bb), v in ppl.items() if bb == b and m != "full"), default=None) for b in budgets
     }
@@ -87,7 +91,10 @@ def table(runs: list[dict]) -> tuple[str, dict[tuple[str, float], float]]:
         cells = []
         for b in budgets:
             value = ppl.get((method, b))
+            seeds = [r["ppl"] for r in by.get((method, b), [])]
             cell = "-" if value is None else f"{value:.2f}"
+            if len(seeds) > 1:  # mean ± sd over seeds
+                cell += f" ± {statistics.stdev(seeds):.1f}"
             cells.append(f"**{cell}**" if value is not None and value == best[b] else cell)
         at = by.get((method, 0.2), [])
         junk = f"{mean([r['junk'] for r in at]):.3f}" if at else "-"
