@@ -381,6 +381,46 @@ def check_unique_ids(name: str, examples: Iterable[Example], expected: str) -> N
         seen.add(ex.id)
 
 
+def carve_splits(
+    name: str,
+    sources: Mapping[str, list[Example]],
+    *,
+    val_size: int | float,
+    test_size: int | float,
+    seed: int,
+    max_train: int | None,
+    stratify_key: Callable[[Any], Hashable] | None,
+    carvable: Callable[[Example], bool],
+    what: str,
+    ids_expected: str,
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """``(train, validation, test)`` from examples by source split (``"train"``, maybe ``"validation"``,
+    ``"test"``): given splits are used as they are, missing ones carved from the train examples ``carvable``
+    accepts with :func:`make_splits` (the others stay in train, in pool order). ``max_train`` then caps the
+    train pool (:func:`subsample`). Ids must be unique across all splits. ``what`` names the carvable
+    examples in a split error, ``ids_expected`` what the ids should be in a duplicate-id error."""
+    pool = sources["train"]
+    candidates = [ex for ex in pool if carvable(ex)]
+    position = {id(ex): i for i, ex in enumerate(pool)}
+    try:
+        train, validation, test = make_splits(
+            candidates,
+            val_size=0 if "validation" in sources else val_size,
+            test_size=0 if "test" in sources else test_size,
+            seed=seed,
+            stratify_key=stratify_key,
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{name} ({len(candidates)} {what} to split): {err}") from None
+    # make_splits keeps the input order; the examples that could not be carved join train in pool order
+    train = sorted(train + [ex for ex in pool if not carvable(ex)], key=lambda ex: position[id(ex)])
+    validation = sources.get("validation", validation)
+    test = sources.get("test", test)
+    train = subsample(train, max_train, seed)
+    check_unique_ids(name, (*train, *validation, *test), ids_expected)
+    return train, validation, test
+
+
 def assemble_splits(
     name: str,
     sources: dict[str, list[Example]],
@@ -393,31 +433,23 @@ def assemble_splits(
     info: dict,
     task: str = "qa",
 ) -> DatasetSplits:
-    """An adapter's :class:`DatasetSplits` from its examples by source split (``"train"``, maybe
-    ``"validation"``, ``"test"``): given splits are used as they are, missing ones carved from train with
-    :func:`make_splits`, from the examples that have an answer only (the others stay in train). ``max_train``
-    then caps the train pool (:func:`subsample`). Ids must be unique across all splits."""
-    pool = sources["train"]
-    answerable = [ex for ex in pool if ex.answer is not None]
-    position = {id(ex): i for i, ex in enumerate(pool)}
-    try:
-        train, validation, test = make_splits(
-            answerable,
-            val_size=0 if "validation" in sources else val_size,
-            test_size=0 if "test" in sources else test_size,
-            seed=seed,
-            stratify_key=stratify_key,
-        )
-    except ConfigError as err:
-        raise ConfigError(f"{name} ({len(answerable)} examples with an answer to split): {err}") from None
-    train = sorted(train + [ex for ex in pool if ex.answer is None], key=lambda ex: position[id(ex)])
-    validation = sources.get("validation", validation)
-    test = sources.get("test", test)
-    train = subsample(train, max_train, seed)
-    check_unique_ids(name, (*train, *validation, *test), "unique ids (unique_id fields)")
+    """An adapter's :class:`DatasetSplits` from its examples by source split (:func:`carve_splits`), with
+    validation and test carved from the examples that have an answer only (the others stay in train)."""
+    train, validation, test = carve_splits(
+        name,
+        sources,
+        val_size=val_size,
+        test_size=test_size,
+        seed=seed,
+        max_train=max_train,
+        stratify_key=stratify_key,
+        carvable=lambda ex: ex.answer is not None,
+        what="examples with an answer",
+        ids_expected="unique ids (unique_id fields)",
+    )
     info = {
         **info,
-        "n_no_answer": len(pool) - len(answerable),
+        "n_no_answer": sum(ex.answer is None for ex in sources["train"]),
         "test_from": "given" if "test" in sources else "train",
         "validation_from": "given" if "validation" in sources else "train",
     }

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from p3bench.data.example import DatasetSplits, Example
-from p3bench.data.records import check_unique_ids, make_splits, read_source, subsample
+from p3bench.data.records import carve_splits, check_unique_ids, read_source, subsample
 from p3bench.errors import ConfigError, DataError
 from p3bench.registry import closest, unknown_name_message
 
@@ -201,23 +201,20 @@ def lm_splits(
     """``DatasetSplits(task="lm")`` from documents by source split: given ``"validation"`` / ``"test"``
     sources are used as they are, missing ones carved from ``"train"`` with :func:`make_splits` (seeded,
     stratified by ``stratify_key`` when given); ``max_train`` then caps the train pool. Ids must be unique."""
-    pool = sources["train"]
-    if not pool:
+    if not sources["train"]:
         raise DataError(f"{name}: the train source has no non-empty document: expected at least one")
-    try:
-        train, validation, test = make_splits(
-            pool,
-            val_size=0 if "validation" in sources else val_size,
-            test_size=0 if "test" in sources else test_size,
-            seed=seed,
-            stratify_key=stratify_key,
-        )
-    except ConfigError as err:
-        raise ConfigError(f"{name} ({len(pool)} documents to split): {err}") from None
-    validation = sources.get("validation", validation)
-    test = sources.get("test", test)
-    train = subsample(train, _check_count(max_train, f"{name} max_train"), seed)
-    check_unique_ids(name, (*train, *validation, *test), "unique document ids")
+    train, validation, test = carve_splits(
+        name,
+        sources,
+        val_size=val_size,
+        test_size=test_size,
+        seed=seed,
+        max_train=_check_count(max_train, f"{name} max_train"),
+        stratify_key=stratify_key,
+        carvable=lambda ex: True,
+        what="documents",
+        ids_expected="unique document ids",
+    )
     info = {
         **(info or {}),
         "validation_from": "given" if "validation" in sources else "train",
