@@ -24,7 +24,8 @@ from p3bench.algorithms import density
 from p3bench.embeddings import atomic_save_npy
 from p3bench.errors import ConfigError
 from p3bench.methods.base import SelectionContext
-from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod, choice
+from p3bench.methods.options import choice
+from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod
 
 
 class EmbeddingSampler(PoolScoringMethod):

@@ -42,6 +42,7 @@ from p3bench.algorithms.pace import SelfPacedSchedule
 from p3bench.embeddings import build_embedder, cached_embeddings
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
+from p3bench.methods.options import choice, merge_options
 from p3bench.registry import unknown_name_message
 from p3bench.scoring import SCORERS, ScoreResult, ScoringItems, build_scorer
 from p3bench.utils.hashing import id_hash_order
@@ -84,20 +85,6 @@ DPP_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _merge(kind: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(f"method.{kind} has unknown keys {unknown}: expected some of {sorted(defaults)}")
-    return {**defaults, **given}
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"method.{key}={value!r} is not supported: expected one of {', '.join(choices)}")
-    return str(value)
-
-
 class P3(SelectionDataModule):
     """P3 and its ablations: score -> pace -> DPP, once per round. See the module docstring."""
 
@@ -121,24 +108,24 @@ class P3(SelectionDataModule):
         if reselect_every_n_epochs is None:
             reselect_every_n_epochs = int(preset.get("reselect_every_n_epochs", 1))
         super().__init__(*args, reselect_every_n_epochs=reselect_every_n_epochs, **kwargs)
-        self.difficulty_cfg = _merge(
+        self.difficulty_cfg = merge_options(
             "difficulty", {**DIFFICULTY_DEFAULTS, **preset.get("difficulty", {})}, difficulty
         )
-        self.pace_cfg = _merge("pace", {**PACE_DEFAULTS, **preset.get("pace", {})}, pace)
-        self.dpp_cfg = _merge("dpp", {**DPP_DEFAULTS, **preset.get("dpp", {})}, dpp)
+        self.pace_cfg = merge_options("pace", {**PACE_DEFAULTS, **preset.get("pace", {})}, pace)
+        self.dpp_cfg = merge_options("dpp", {**DPP_DEFAULTS, **preset.get("dpp", {})}, dpp)
         order = preset.get("order", "random") if order is None else order
-        self.order = _choice("order", order, ORDERS)
+        self.order = choice("order", order, ORDERS)
         self.progress = bool(progress)
         scorer_name = self.difficulty_cfg["scorer"]
         if scorer_name not in SCORERS:
             raise ConfigError(unknown_name_message("difficulty scorer", scorer_name, SCORERS.names()))
-        _choice("difficulty.transform", self.difficulty_cfg["transform"], TRANSFORMS)
-        _choice("pace.weights", self.pace_cfg["weights"], SOFT_WEIGHTS)
-        _choice("dpp.condition_on", self.dpp_cfg["condition_on"], CONDITIONS)
-        _choice("dpp.text", self.dpp_cfg["text"], TEXTS)
-        _choice("pace.mode", self.pace_cfg["mode"], PACE_MODES)
-        _choice("dpp.kernel", self.dpp_cfg["kernel"], KERNELS)
-        _choice("dpp.fill", self.dpp_cfg["fill"], FILLS)
+        choice("difficulty.transform", self.difficulty_cfg["transform"], TRANSFORMS)
+        choice("pace.weights", self.pace_cfg["weights"], SOFT_WEIGHTS)
+        choice("dpp.condition_on", self.dpp_cfg["condition_on"], CONDITIONS)
+        choice("dpp.text", self.dpp_cfg["text"], TEXTS)
+        choice("pace.mode", self.pace_cfg["mode"], PACE_MODES)
+        choice("dpp.kernel", self.dpp_cfg["kernel"], KERNELS)
+        choice("dpp.fill", self.dpp_cfg["fill"], FILLS)
         if self.pace_cfg["lambda0"] is not None and not float(self.pace_cfg["lambda0"]) > 0:
             raise ConfigError(
                 f"method.pace.lambda0={self.pace_cfg['lambda0']} must be > 0 (or null: automatic)"

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from p3bench.embeddings import build_embedder, cached_embeddings
-from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
+from p3bench.methods.options import choice
 from p3bench.utils.hashing import id_hash_order
 
 TEXT_FIELDS = ("prompt", "target", "prompt_and_target")
@@ -31,13 +31,6 @@ class PoolScores:
     values: np.ndarray
     forward_tokens: int = 0
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    """``value`` when it is one of ``choices``, else a one-line error naming ``method.<key>``."""
-    if value not in choices:
-        raise ConfigError(f"method.{key}={value!r} is not supported: expected one of {', '.join(choices)}")
-    return str(value)
 
 
 def example_text(prompt: str, target: str, text_field: str) -> str:

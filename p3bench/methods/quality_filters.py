@@ -26,7 +26,8 @@ import numpy as np
 from p3bench.data import load_dataset_splits
 from p3bench.errors import ConfigError
 from p3bench.methods.base import SelectionContext
-from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod, choice, example_text
+from p3bench.methods.options import choice, merge_options
+from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod, example_text
 from p3bench.models import standins
 from p3bench.scoring.ask_llm import ASK_LLM_TEMPLATE, MODEL_KINDS, NORMALISATIONS, AskLLMScorer
 from p3bench.scoring.cache import cached_scores
@@ -34,14 +35,6 @@ from p3bench.scoring.perplexity import PerplexityScorer
 
 SOURCES = ("standin", "hub")
 BANDS = ("low", "middle", "high")
-
-
-def _merge(kind: str, defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(f"method.{kind} has unknown keys {unknown}: expected some of {sorted(defaults)}")
-    return {**defaults, **given}
 
 
 HUB_DEFAULTS: dict[str, Any] = {"name_or_path": None, "revision": None, "dtype": "auto", "offline": True}
@@ -65,8 +58,10 @@ class ModelScoredSampler(PoolScoringMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.source = choice("source", source, SOURCES)
-        self.hub = _merge("hub", {**HUB_DEFAULTS, **self.preset.get("hub", {})}, hub)
-        self.scoring = _merge("scoring", {**SCORING_DEFAULTS, **self.preset.get("scoring", {})}, scoring)
+        self.hub = merge_options("hub", {**HUB_DEFAULTS, **self.preset.get("hub", {})}, hub)
+        self.scoring = merge_options(
+            "scoring", {**SCORING_DEFAULTS, **self.preset.get("scoring", {})}, scoring
+        )
         if self.source == "hub" and not self.hub["name_or_path"]:
             raise ConfigError(
                 "method.source=hub needs method.hub.name_or_path: expected a hub id or a local path"
@@ -150,7 +145,9 @@ class AskLLM(ModelScoredSampler):
         self.yes_tokens = list(yes_tokens or ["yes"])
         self.no_tokens = list(no_tokens or ["no"])
         self.model_kind = choice("model_kind", model_kind, MODEL_KINDS)
-        self.standin = _merge("standin", {**ASK_STANDIN_DEFAULTS, **self.preset.get("standin", {})}, standin)
+        self.standin = merge_options(
+            "standin", {**ASK_STANDIN_DEFAULTS, **self.preset.get("standin", {})}, standin
+        )
 
     def model_path(self) -> tuple[str, dict[str, Any] | None]:
         if self.source == "hub":
@@ -260,7 +257,9 @@ class PerplexityFilter(ModelScoredSampler):
     def __init__(self, *args: Any, band: str = "low", standin: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.band = choice("band", band, BANDS)
-        self.standin = _merge("standin", {**PPL_STANDIN_DEFAULTS, **self.preset.get("standin", {})}, standin)
+        self.standin = merge_options(
+            "standin", {**PPL_STANDIN_DEFAULTS, **self.preset.get("standin", {})}, standin
+        )
 
     def model_path(self) -> tuple[str, dict[str, Any] | None]:
         if self.source == "hub":
