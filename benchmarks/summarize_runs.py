@@ -61,7 +61,9 @@ def main() -> None:
         for path in sorted(Path(root).rglob("results.json")):
             results = json.loads(path.read_text())
             run = results["run"]
-            budget = "-" if run["method"] == "full" else run["budget"]
+            # "-": the method trains on the whole pool whatever the budget (full, irdro, midranking)
+            whole_pool = results["selection"]["budget_size"] == results["selection"]["pool_size"]
+            budget = "-" if whole_pool else run["budget"]
             groups[(run["method"], budget)].append((path.parent, results))
     keys = ["test/accuracy"] + [f"test/accuracy_level_{k}" for k in range(1, 6)]
     header = ["method", "budget", "seeds", "accuracy", "L1", "L2", "L3", "L4", "L5", "val loss"]

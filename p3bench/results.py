@@ -92,6 +92,12 @@ def selection_summary(datamodule: Any) -> dict[str, Any]:
             for r in rounds
         ],
         "composition": composition(selected),
+        # in-batch reweighting methods (IR-DRO, MidRanking): settings and run means of the weight metrics
+        **(
+            {"reweighting": datamodule.reweighting_summary()}
+            if hasattr(datamodule, "reweighting_summary")
+            else {}
+        ),
     }
 
 

@@ -23,6 +23,7 @@ from p3bench.methods import METHODS
 from p3bench.methods.base import SelectionDataModule
 from p3bench.models.factory import build_causal_lm, build_tokenizer
 from p3bench.models.module import SelectionLM
+from p3bench.models.warm_start import warm_start, warm_start_settings
 from p3bench.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -44,6 +45,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.regime not in REGIMES:
         raise ConfigError(f"regime={cfg.regime!r} is not supported: expected one of {', '.join(REGIMES)}")
     output_dir = Path(cfg.paths.output_dir)
+    warm_settings = warm_start_settings(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.seed))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     splits = load_dataset_splits(cfg.dataset.name, **OmegaConf.to_container(cfg.dataset.params, resolve=True))
@@ -56,6 +58,10 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, splits)
     tokenizer = datamodule.tokenizer
     model = build_causal_lm(cfg.model, tokenizer, cfg.offline)
+    warm_record = None
+    if warm_settings is not None:
+        # continual pre-training (arXiv 2402.14270) starts from a pre-trained model: pre-train the fresh one
+        warm_record = warm_start(model, tokenizer, splits.train, warm_settings, cfg.paths.cache_dir)
     module = SelectionLM(
         model=model,
         tokenizer=tokenizer,
@@ -122,6 +128,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             {**fit_metrics, **test_metrics},
             target_tokens,
             ckpt_path,
+            warm_record,
         )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
@@ -189,6 +196,7 @@ def build_results(
     metrics: dict[str, float],
     target_tokens: int | None,
     resumed_from: str | None = None,
+    warm_start_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     selection = selection_summary(datamodule)
     selection_seconds = datamodule.selection_seconds_this_process
@@ -220,6 +228,9 @@ def build_results(
             # for code tasks: the isolation the sandbox ran programs under
             **({"execution": execution_report()} if datamodule.splits.task == "code" else {}),
         },
+        # the weights training started from: warm_start is null for a fresh or hub model, else the
+        # provenance of its pre-training (cache key, steps, first and final train loss, corpus size)
+        "model": {"name": cfg.model.name, "warm_start": warm_start_record},
         "selection": selection,
         "metrics": dict(sorted(metrics.items())),
         "compute": {

@@ -36,6 +36,10 @@ import torch.distributed as dist
 from p3bench.errors import ConfigError
 
 __all__ = [
+    "check_fraction",
+    "check_position",
+    "check_temperature",
+    "gather_vectors",
     "global_irdro_weights",
     "irdro_weights",
     "midranking_band_size",
@@ -65,7 +69,8 @@ def _as_losses(losses: Any, *, name: str = "losses", allow_empty: bool = False) 
     return values
 
 
-def _check_temperature(temperature: Any) -> float:
+def check_temperature(temperature: Any) -> float:
+    """``temperature`` as a float when it is a finite real number > 0, else a one-line :class:`ConfigError`."""
     if isinstance(temperature, bool) or not isinstance(temperature, Real):
         raise ConfigError(f"temperature={temperature!r}: expected a finite real number > 0")
     value = float(temperature)
@@ -106,18 +111,20 @@ def irdro_weights(losses: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
         ConfigError: the temperature is not a finite number > 0.
         ValueError: ``losses`` is not 1-D, is empty or has a non-finite value.
     """
-    r = _check_temperature(temperature)
+    r = check_temperature(temperature)
     values = _as_losses(losses)
     return _softmax_shifted(values, r)
 
 
-def _check_fraction(fraction: Any) -> float:
+def check_fraction(fraction: Any) -> float:
+    """``fraction`` as a float when it is in ``(0, 1]``, else a one-line :class:`ConfigError`."""
     if isinstance(fraction, bool) or not isinstance(fraction, Real) or not (0 < float(fraction) <= 1):
         raise ConfigError(f"fraction={fraction!r}: expected a number in (0, 1]")
     return float(fraction)
 
 
-def _check_position(position: Any) -> int:
+def check_position(position: Any) -> int:
+    """``position`` as an int when it is an integer >= 0, else a one-line :class:`ConfigError`."""
     if isinstance(position, bool) or not isinstance(position, Integral) or int(position) < 0:
         raise ConfigError(f"position={position!r}: expected an integer >= 0")
     return int(position)
@@ -125,7 +132,7 @@ def _check_position(position: Any) -> int:
 
 def midranking_band_size(batch_size: int, fraction: float) -> int:
     """Band size ``c = max(1, int(fraction * batch_size))`` used by :func:`midranking_weights`."""
-    return max(1, int(_check_fraction(fraction) * batch_size))
+    return max(1, int(check_fraction(fraction) * batch_size))
 
 
 @torch.no_grad()
@@ -157,8 +164,8 @@ def midranking_weights(losses: torch.Tensor, fraction: float = 0.125, position: 
             band does not fit in the batch.
         ValueError: ``losses`` is not 1-D, is empty or has a non-finite value.
     """
-    frac = _check_fraction(fraction)
-    pos = _check_position(position)
+    frac = check_fraction(fraction)
+    pos = check_position(position)
     values = _as_losses(losses)
     batch = values.numel()
     c = midranking_band_size(batch, frac)
@@ -203,15 +210,43 @@ def weight_stats(weights: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def gather_vectors(local: torch.Tensor, group: Any | None = None) -> tuple[torch.Tensor, int]:
+    """The 1-D tensors of all processes in ``group`` concatenated in rank order, and this process's offset.
+
+    Processes may hold different lengths (zero included). Without an initialised ``torch.distributed`` this
+    is ``(local, 0)``. The gathered tensors live on ``local``'s device (CUDA for NCCL, CPU for gloo). All
+    processes must call this collectively.
+    """
+    if local.ndim != 1:
+        raise ValueError(f"expected a 1-D tensor to gather, got shape {tuple(local.shape)}")
+    if not (dist.is_available() and dist.is_initialized()):
+        return local, 0
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    size = torch.tensor([local.numel()], dtype=torch.int64, device=local.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    counts = [int(s.item()) for s in sizes]
+    # pad to a common length (all_gather needs equal shapes); the padding is dropped right after
+    width = max(max(counts), 1)
+    padded = torch.zeros(width, dtype=local.dtype, device=local.device)
+    padded[: local.numel()] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded, group=group)
+    every = torch.cat([chunk[:count] for chunk, count in zip(gathered, counts, strict=True)])
+    return every, sum(counts[:rank])
+
+
+@torch.no_grad()
 def global_irdro_weights(
     local_losses: torch.Tensor, temperature: float = 1.0, group: Any | None = None
 ) -> torch.Tensor:
     """IR-DRO weights normalised over the global batch: this process's slice of ``softmax(all losses / r)``.
 
     When ``torch.distributed`` is initialised, the (possibly different-size) local loss vectors of all
-    processes in ``group`` are all-gathered in rank order, the max-shifted softmax of the concatenation is
-    taken, and the entries belonging to this process are returned; the slices of all processes together sum
-    to one. Otherwise this equals :func:`irdro_weights` on the local losses.
+    processes in ``group`` are all-gathered in rank order (:func:`gather_vectors`), the max-shifted softmax
+    of the concatenation is taken, and the entries belonging to this process are returned; the slices of all
+    processes together sum to one. Otherwise this equals :func:`irdro_weights` on the local losses.
 
     This departs from the public code of arXiv 2402.14270, which normalises over each device's own
     micro-batch only (its ``gathered_loss`` is never gathered). With the global normalisation, the per-process
@@ -219,37 +254,18 @@ def global_irdro_weights(
     (not averaging, as data-parallel gradient averaging does) gives the global IR-DRO loss, so a caller using
     gradient averaging should multiply its local loss by the world size.
 
-    The gathered tensors live on ``local_losses``' device (CUDA tensors for NCCL, CPU for gloo). A process may
-    hold zero losses as long as the global batch is non-empty. All processes must call this collectively.
+    A process may hold zero losses as long as the global batch is non-empty. All processes must call this
+    collectively.
 
     Raises:
         ConfigError: the temperature is not a finite number > 0.
         ValueError: a local loss vector is not 1-D or has a non-finite value, or the global batch is empty.
     """
-    r = _check_temperature(temperature)
+    r = check_temperature(temperature)
     distributed = dist.is_available() and dist.is_initialized()
     values = _as_losses(local_losses, allow_empty=distributed)
-    if not distributed:
-        return _softmax_shifted(values, r)
-
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    size = torch.tensor([values.numel()], dtype=torch.int64, device=values.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    counts = [int(s.item()) for s in sizes]
-    total = sum(counts)
-    if total == 0:
+    every, start = gather_vectors(values, group)
+    if every.numel() == 0:
         raise ValueError("the global batch is empty: expected at least one per-example loss across processes")
-
-    # Pad to a common length (all_gather needs equal shapes); padding is dropped right after.
-    width = max(max(counts), 1)
-    padded = torch.zeros(width, dtype=values.dtype, device=values.device)
-    padded[: values.numel()] = values
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded, group=group)
-    every = torch.cat([chunk[:count] for chunk, count in zip(gathered, counts, strict=True)])
-
     weights = _softmax_shifted(every, r)
-    start = sum(counts[:rank])
-    return weights[start : start + counts[rank]].clone()
+    return weights[start : start + values.numel()].clone()

@@ -38,4 +38,14 @@ for _step in ("20k", "100k", "300k", "500k", "700k"):
         f"perplexity_{_step}", f"p3bench.methods.quality_filters:PerplexityAt{_step.upper()}"
     )
 
+# hard-sample reweighting (arXiv 2402.14270): in-batch IR-DRO and MidRanking, and the offline loss-based
+# baselines (a pool loss band, RHO-loss style reducible loss)
+for _name, _target in {
+    "irdro": "in_batch:IRDRO",
+    "midranking": "in_batch:MidRanking",
+    "loss_band": "loss_filters:LossBand",
+    "rho_loss": "loss_filters:ReducibleLoss",
+}.items():
+    METHODS.register_lazy(_name, f"p3bench.methods.{_target}")
+
 __all__ = ["METHODS"]

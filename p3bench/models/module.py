@@ -64,6 +64,7 @@ class SelectionLM(pl.LightningModule):
         self.test_records: list[dict[str, Any]] = []
         self._val_nll = 0.0
         self._val_tokens = 0
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # training ---------------------------------------------------------------------------------------------
     def per_example_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -71,23 +72,86 @@ class SelectionLM(pl.LightningModule):
         return per_example_nll(logits, batch["labels"])
 
     def loss_coefficients(self, losses: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self._datamodule()
         if datamodule is not None and hasattr(datamodule, "reweight"):
             return datamodule.reweight(losses.detach(), batch).detach()
         return batch["weight"] / batch["weight"].numel()
 
+    def _datamodule(self) -> Any | None:
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
+    def micro_batch_group(self) -> int:
+        """How many micro-batches are weighted together: the trainer's ``accumulate_grad_batches`` when the
+        method asks for one weighting per optimizer step (``groups_micro_batches``), else 1."""
+        datamodule = self._datamodule()
+        if datamodule is None or not getattr(datamodule, "groups_micro_batches", False):
+            return 1
+        return int(self.trainer.accumulate_grad_batches)
+
+    def _step_ends_here(self) -> bool:
+        """Whether Lightning takes an optimizer step after this micro-batch (the end of an accumulation
+        group, or the last batch of the epoch)."""
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        should_accumulate = getattr(epoch_loop, "_should_accumulate", None)
+        if should_accumulate is not None:
+            return not should_accumulate()
+        progress = epoch_loop.batch_progress
+        ready = progress.current.ready
+        return (
+            ready % self.trainer.accumulate_grad_batches == 0
+            or ready == self.trainer.num_training_batches
+            or bool(progress.is_last_batch)
+        )
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A zero loss attached to the smallest trainable parameter: what a micro-batch whose loss is kept
+        for later returns, so that its backward adds nothing and frees none of the kept graphs (Lightning
+        refuses a skipped step under DDP)."""
+        smallest = min((p for p in self.model.parameters() if p.requires_grad), key=lambda p: p.numel())
+        return smallest.sum() * 0.0
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step's metrics (every ``log_every_n_steps``): the weight metrics are
+        only handed to Lightning then, which keeps their cost off the other steps."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
+
+    def on_train_epoch_start(self) -> None:
+        self._pending = []
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The weighted loss of a batch. When the method weights the micro-batches of an optimizer step
+        together (:meth:`micro_batch_group` > 1) their losses are kept, with their graphs, until the step's
+        last micro-batch, which returns the loss of all of them (one backward, as the public IR-DRO code's
+        ``--patience``); the earlier ones return a zero loss (:meth:`_zero_loss`)."""
         losses = self.per_example_loss(batch)
-        coefficients = self.loss_coefficients(losses, batch).to(losses.dtype)
-        loss = (coefficients * losses).sum()
         self.train_tokens += int(batch["attention_mask"].sum())
         self.train_target_tokens += int(target_token_counts(batch["labels"]).sum())
         self.train_examples += int(batch["input_ids"].size(0))
         size = batch["input_ids"].size(0)
         self.log("train/loss", losses.mean(), prog_bar=True, batch_size=size)
-        self.log("train/weighted_loss", loss, batch_size=size)
         self.log("train/tokens", float(self.train_tokens), batch_size=size)
-        return loss
+        group = self.micro_batch_group()
+        weighted: Mapping[str, torch.Tensor] = batch
+        if group > 1:
+            self._pending.append((losses, batch["weight"], batch["index"]))
+            if not self._step_ends_here():
+                return self._zero_loss()
+            pending, self._pending = self._pending, []
+            losses = torch.cat([p[0] for p in pending])
+            weighted = {
+                "weight": torch.cat([p[1] for p in pending]),
+                "index": torch.cat([p[2] for p in pending]),
+            }
+        coefficients = self.loss_coefficients(losses, weighted).to(losses.dtype)
+        loss = (coefficients * losses).sum()
+        self.log("train/weighted_loss", loss, batch_size=losses.numel())
+        datamodule = self._datamodule()
+        metrics = datamodule.weight_metrics() if hasattr(datamodule, "weight_metrics") else {}
+        if metrics and self._logs_this_step():
+            self.log_dict({f"weights/{k}": float(v) for k, v in metrics.items()}, batch_size=losses.numel())
+        # Lightning divides each micro-batch's loss by accumulate_grad_batches; a grouped loss is the step's
+        return loss * self.trainer.accumulate_grad_batches if group > 1 else loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         losses = self.per_example_loss(batch)

@@ -27,8 +27,6 @@ sweep jobs wait for the first one) and moved into place atomically.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -54,7 +52,8 @@ from transformers.utils import logging as hf_logging
 
 from p3bench.errors import ConfigError
 from p3bench.models.tokenizer import train_local_tokenizer
-from p3bench.utils.hashing import texts_sha256
+from p3bench.utils.hashing import json_sha256, texts_sha256
+from p3bench.utils.io import exclusive_lock, publish_directory
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +124,7 @@ def checkpoint_steps(total_steps: int, fractions: Sequence[float] = CHECKPOINT_F
 
 
 def _key(parts: dict[str, Any]) -> str:
-    return texts_sha256([json.dumps(parts, sort_keys=True)])[:20]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (a lock file), so concurrent sweep jobs build a stand-in once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place (atomic rename), or drop it if another process won."""
-    try:
-        tmp.replace(final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return json_sha256(parts)[:20]
 
 
 def _standins_dir(cache_dir: str | Path) -> Path:
@@ -185,7 +164,7 @@ def causal_proxy_checkpoints(
     )
     root = _standins_dir(cache_dir) / f"causal-{size}-{key}"
     wanted = {step: root / f"step-{step}" for step in steps}
-    with _locked(root.with_suffix(".lock")):
+    with exclusive_lock(root.with_suffix(".lock")):
         if all((path / "standin.json").is_file() for path in wanted.values()):
             return wanted
         log.info(
@@ -322,7 +301,7 @@ def ask_llm_judge(
         }
     )
     path = _standins_dir(cache_dir) / f"askllm-{size}-{key}"
-    with _locked(path.with_suffix(".lock")):
+    with exclusive_lock(path.with_suffix(".lock")):
         if not (path / "standin.json").is_file():
             log.info(
                 "training the %s Ask-LLM stand-in (%d steps) on %d texts", size, settings.steps, len(texts)
@@ -490,7 +469,7 @@ def _save(
             hf_logging.enable_progress_bar()
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
-    _publish(tmp, path)
+    publish_directory(tmp, path)
 
 
 def read_standin_record(path: str | Path) -> dict[str, Any] | None:

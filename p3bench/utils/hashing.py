@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 
 
@@ -18,6 +19,12 @@ def texts_sha256(texts: Iterable[str]) -> str:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def json_sha256(obj: object) -> str:
+    """sha256 of ``obj`` as JSON with sorted keys: a cache key for a dict of everything an artefact depends
+    on (the same as :func:`texts_sha256` of that one JSON text)."""
+    return texts_sha256([json.dumps(obj, sort_keys=True)])
 
 
 def id_hash_order(ids: Sequence[str]) -> list[int]:

@@ -1,11 +1,15 @@
-"""Atomic writes: a reader sees either the old file or the complete new one, never half of it."""
+"""Atomic writes: a reader sees either the old file or the complete new one, never half of it; and a file
+lock, so that concurrent sweep jobs build a cached artefact once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +41,24 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a lock file, created if needed) for the duration of the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish_directory(tmp: str | Path, final: str | Path) -> None:
+    """Move a finished directory into place (atomic rename), or drop it if another process won."""
+    try:
+        Path(tmp).replace(final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
