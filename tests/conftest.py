@@ -24,6 +24,17 @@ requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SH
 
 torch.set_num_threads(1)
 
+#: A one-layer Llama small enough to train for a few steps in a test.
+SMALL_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -22,17 +22,8 @@ from p3bench.models.factory import build_causal_lm
 from p3bench.models.module import SelectionLM
 from p3bench.models.tokenizer import train_local_tokenizer
 
+from .conftest import SMALL_LLAMA as ARCH
 from .conftest import find_run_dirs, read_results, run_cli
-
-ARCH = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 
 
 @pytest.fixture(scope="module")

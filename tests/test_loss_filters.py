@@ -29,7 +29,7 @@ from p3bench.models.losses import per_example_nll
 from p3bench.models.module import SelectionLM
 from p3bench.models.reference import ReferenceSettings, reference_model
 from p3bench.models.tokenizer import train_local_tokenizer
-from p3bench.models.warm_start import weights_digest
+from p3bench.models.weights_cache import weights_digest
 from p3bench.run import train_and_evaluate
 from tests.conftest import compose_config, read_results, run_cli
 from tests.test_contract import ARCH
@@ -104,7 +104,7 @@ def assert_band(chosen: np.ndarray, losses: np.ndarray, start: int, size: int, t
 def test_per_example_losses_equal_a_one_example_at_a_time_reference(parts, max_length: int):
     module = run_model(parts)
     dm = make(parts, "loss_band", max_length=max_length, scorer={"source": "initial"})
-    result = example_losses(module, dm.items(), batch_size=7, max_batch_tokens=200)
+    result = example_losses(module, dm.pool_items(), batch_size=7, max_batch_tokens=200)
     expected = naive_losses(module.model, dm)
     np.testing.assert_allclose(result.losses, expected, rtol=0, atol=1e-5)
     encoded = dm.encoded("train")

@@ -114,7 +114,7 @@ def test_ablations_and_baselines_select_what_they_say(parts, method):
     if method in ("hardest", "easiest"):
         # round 0 was selected by the initial model: rebuild it (same seed) and score the whole pool
         initial, _ = make(parts, method=method)
-        all_scores = np.sort(dm.scorer.score(initial, dm._items()).scores)
+        all_scores = np.sort(dm.scorer.score(initial, dm.pool_items()).scores)
         np.testing.assert_allclose(
             np.sort(scores),
             all_scores[: dm.budget_size] if method == "hardest" else all_scores[-dm.budget_size :],

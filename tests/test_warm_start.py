@@ -18,7 +18,8 @@ from p3bench.errors import ConfigError
 from p3bench.models.collate import TrainCollator, encode_examples
 from p3bench.models.factory import build_causal_lm
 from p3bench.models.tokenizer import train_local_tokenizer
-from p3bench.models.warm_start import WarmStartSettings, warm_start, warm_start_settings, weights_digest
+from p3bench.models.warm_start import WarmStartSettings, warm_start, warm_start_settings
+from p3bench.models.weights_cache import weights_digest
 from p3bench.run import train_and_evaluate
 from tests.test_contract import ARCH
 

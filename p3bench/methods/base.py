@@ -36,6 +36,7 @@ from p3bench.models.collate import (
     encode_examples,
 )
 from p3bench.models.sampler import LengthGroupedBatchSampler
+from p3bench.scoring.base import ScoringItems
 from p3bench.utils.hashing import ids_sha256
 
 
@@ -160,6 +161,16 @@ class SelectionDataModule(pl.LightningDataModule):
 
     def examples(self, split: str) -> list[Example]:
         return getattr(self.splits, split)
+
+    def pool_items(self) -> ScoringItems:
+        """The whole pool as the items of a scoring pass (its encoded tokens, cut at ``max_length``)."""
+        return ScoringItems(
+            examples=self.pool,
+            encoded=self.encoded("train"),
+            indices=range(len(self.pool)),
+            tokenizer=self.tokenizer,
+            max_length=self.max_length,
+        )
 
     # selection rounds ----------------------------------------------------------------------------------------
     def context(self, round_index: int) -> SelectionContext:

@@ -179,24 +179,14 @@ class InBatchReweighting(SelectionDataModule):
     def reweighting_summary(self) -> dict[str, Any]:
         """The method's settings and the mean of every weight metric over the weighted batches so far."""
         means = {f"mean_{k}": v / self._batches for k, v in self._totals.items()} if self._batches else {}
-        return {**self.describe(), "weighted_batches": self._batches, **means, **self.extra_summary()}
-
-    def extra_summary(self) -> dict[str, Any]:
-        return {}
+        return {**self.describe(), "weighted_batches": self._batches, **means}
 
     def method_state(self) -> dict[str, Any]:
-        return {"totals": dict(self._totals), "batches": self._batches, **self.extra_state()}
+        return {"totals": dict(self._totals), "batches": self._batches}
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         self._totals = {str(k): float(v) for k, v in state.get("totals", {}).items()}
         self._batches = int(state.get("batches", 0))
-        self.load_extra_state(state)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned."""
 
 
 class IRDRO(InBatchReweighting):
@@ -249,11 +239,12 @@ class MidRanking(InBatchReweighting):
     def settings(self) -> dict[str, Any]:
         return {"fraction": self.fraction, "position": self.position}
 
-    def extra_summary(self) -> dict[str, Any]:
-        return {"clamped_batches": self.clamped_batches}
+    def reweighting_summary(self) -> dict[str, Any]:
+        return {**super().reweighting_summary(), "clamped_batches": self.clamped_batches}
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"clamped_batches": self.clamped_batches}
+    def method_state(self) -> dict[str, Any]:
+        return {**super().method_state(), "clamped_batches": self.clamped_batches}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        super().load_method_state(state)
         self.clamped_batches = int(state.get("clamped_batches", 0))

@@ -154,15 +154,6 @@ class LossScoredSampler(PoolScoringMethod):
         merged = {**self.model_blocks[key], **dict(options or {})}
         return parse_settings(f"method.{key}", merged, default_seed=self.seed)
 
-    def items(self) -> ScoringItems:
-        return ScoringItems(
-            examples=self.pool,
-            encoded=self.encoded("train"),
-            indices=range(len(self.pool)),
-            tokenizer=self.tokenizer,
-            max_length=self.max_length,
-        )
-
     def run_module(self, ctx: SelectionContext | None) -> Any:
         module = None if ctx is None else ctx.module
         if module is None:
@@ -193,7 +184,7 @@ class LossScoredSampler(PoolScoringMethod):
         try:
             result = example_losses(
                 reference,
-                self.items(),
+                self.pool_items(),
                 batch_size=int(self.scoring["batch_size"]),
                 max_batch_tokens=self.scoring["max_batch_tokens"],
                 progress=self.progress,

@@ -44,7 +44,7 @@ from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice, merge_options
 from p3bench.registry import unknown_name_message
-from p3bench.scoring import SCORERS, ScoreResult, ScoringItems, build_scorer
+from p3bench.scoring import SCORERS, ScoreResult, build_scorer
 from p3bench.utils.hashing import id_hash_order
 
 ORDERS = ("random", "easiest", "hardest")
@@ -224,15 +224,6 @@ class P3(SelectionDataModule):
         )
 
     # parts -----------------------------------------------------------------------------------------------------
-    def _items(self) -> ScoringItems:
-        return ScoringItems(
-            examples=self.pool,
-            encoded=self.encoded("train"),
-            indices=range(len(self.pool)),
-            tokenizer=self.tokenizer,
-            max_length=self.max_length,
-        )
-
     def _scores(self, ctx: SelectionContext, want_features: bool) -> tuple[ScoreResult, int]:
         """This round's scores: fresh from the current model, or the initial model's when static."""
         static = not self.difficulty_cfg["dynamic"]
@@ -244,7 +235,7 @@ class P3(SelectionDataModule):
             )
         result = self.scorer.score(
             ctx.module,
-            self._items(),
+            self.pool_items(),
             want_features=want_features and self.scorer.name == "likelihood",
             round=ctx.round,
         )

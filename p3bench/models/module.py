@@ -90,18 +90,8 @@ class SelectionLM(pl.LightningModule):
 
     def _step_ends_here(self) -> bool:
         """Whether Lightning takes an optimizer step after this micro-batch (the end of an accumulation
-        group, or the last batch of the epoch)."""
-        epoch_loop = self.trainer.fit_loop.epoch_loop
-        should_accumulate = getattr(epoch_loop, "_should_accumulate", None)
-        if should_accumulate is not None:
-            return not should_accumulate()
-        progress = epoch_loop.batch_progress
-        ready = progress.current.ready
-        return (
-            ready % self.trainer.accumulate_grad_batches == 0
-            or ready == self.trainer.num_training_batches
-            or bool(progress.is_last_batch)
-        )
+        group, or the last batch of the epoch): Lightning's own decision, so the two never disagree."""
+        return not self.trainer.fit_loop.epoch_loop._should_accumulate()
 
     def _zero_loss(self) -> torch.Tensor:
         """A zero loss attached to the smallest trainable parameter: what a micro-batch whose loss is kept

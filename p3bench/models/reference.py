@@ -30,8 +30,6 @@ import copy
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,16 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from p3bench.data.example import Example
 from p3bench.errors import ConfigError, ModelLoadError
 from p3bench.models.collate import EncodedPool, EncodedSubset, TrainCollator
 from p3bench.models.losses import per_example_nll
-from p3bench.models.warm_start import tokenizer_digest, weights_digest
+from p3bench.models.weights_cache import cached_weights, model_config_dict, tokenizer_digest, weights_digest
 from p3bench.utils.hashing import json_sha256, texts_sha256
-from p3bench.utils.io import atomic_write_json, exclusive_lock, publish_directory
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +55,6 @@ SPLITS = ("train", "validation")
 WEIGHT_DECAY = 0.01
 WARMUP_FRACTION = 0.05
 GRADIENT_CLIP = 1.0
-WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "reference.json"
 
 #: The option block of one reference model in a method's config (``method.scorer``, ``method.reference``).
@@ -161,15 +156,6 @@ class ReferenceModel:
 def examples_digest(examples: Sequence[Example]) -> str:
     """sha256 of the examples' prompts and targets in order."""
     return texts_sha256(part for ex in examples for part in (ex.prompt, ex.target))
-
-
-def model_config_dict(model: torch.nn.Module) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    if config is None:
-        return {"class": type(model).__name__}
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    values.pop("transformers_version", None)
-    return {"class": type(model).__name__, **values}
 
 
 # -- building a reference model ----------------------------------------------------------------------------------
@@ -286,19 +272,16 @@ def trained_reference(
         return ReferenceModel(model=model, device=device, info=info)
     key = trained_cache_key(settings, base, tokenizer, examples, max_length)
     path = Path(cache_dir) / "reference_models" / f"{settings.split}-{key}"
-    with exclusive_lock(path.with_suffix(".lock")):
-        from_cache = (path / RECORD_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-        model = copy.deepcopy(base).to(device)
-        if from_cache:
-            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
-            record = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
-        else:
-            log.info("training a reference model on %s (%d steps)", settings.split, settings.steps)
-            record = train_reference(
-                model, encoded, settings, tokenizer.pad_token_id, max_length, device, progress
-            )
-            record = {**record, "key": key, "settings": settings.describe(), "max_length": int(max_length)}
-            _save(model, record, path)
+    model = copy.deepcopy(base).to(device)
+
+    def train() -> dict[str, Any]:
+        log.info("training a reference model on %s (%d steps)", settings.split, settings.steps)
+        record = train_reference(
+            model, encoded, settings, tokenizer.pad_token_id, max_length, device, progress
+        )
+        return {**record, "key": key, "settings": settings.describe(), "max_length": int(max_length)}
+
+    record, from_cache = cached_weights(model, path, RECORD_FILE, train)
     model.eval()
     info.update({k: v for k, v in record.items() if k != "settings"}, cached=True, from_cache=from_cache)
     info["path"] = str(path)
@@ -374,21 +357,6 @@ def train_reference(
         "train_seconds": round(time.perf_counter() - start, 3),
         "weights_sha256": weights_digest(model),
     }
-
-
-def _save(model: torch.nn.Module, record: dict[str, Any], path: Path) -> None:
-    """Save the state dict and ``reference.json`` to ``path`` through a temporary sibling directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_model(model, str(tmp / WEIGHTS_FILE))
-        atomic_write_json(tmp / RECORD_FILE, record)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-    publish_directory(tmp, path)
 
 
 __all__ = [

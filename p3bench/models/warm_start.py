@@ -25,18 +25,14 @@ Caching: the weights are saved under ``cache_dir/warm_start/<key>`` (``model.saf
 of the initial weights (which the run's global seed produced), the tokenizer, the corpus, the settings
 (their seed is the run's unless set) and :data:`WARM_START_VERSION`. They are written through a temporary
 directory and moved into place under a file lock, so parallel sweep jobs train once and the others load
-the result.
+the result (:func:`p3bench.models.weights_cache.cached_weights`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import numbers
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -45,14 +41,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from p3bench.data.example import Example
 from p3bench.errors import ConfigError
 from p3bench.models.collate import TrainCollator, encode_examples
+from p3bench.models.weights_cache import cached_weights, model_config_dict, tokenizer_digest, weights_digest
 from p3bench.utils.hashing import json_sha256, texts_sha256
-from p3bench.utils.io import atomic_write_json, exclusive_lock, publish_directory
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +55,6 @@ log = logging.getLogger(__name__)
 WARM_START_VERSION = 1
 
 CORPORA = ("pool",)
-WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "warm_start.json"
 
 
@@ -154,8 +148,7 @@ def warm_start(
     key = json_sha256(
         {
             "version": WARM_START_VERSION,
-            "model": type(model).__name__,
-            "config": _config_dict(model),
+            "config": model_config_dict(model),
             "initial_weights": weights_digest(model),
             "tokenizer": tokenizer_digest(tokenizer),
             "corpus": texts_sha256(texts),
@@ -164,16 +157,15 @@ def warm_start(
         }
     )[:20]
     path = Path(cache_dir) / "warm_start" / key
-    with exclusive_lock(path.with_suffix(".lock")):
-        if (path / RECORD_FILE).is_file():
-            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(model.device))
-            record = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
-            log.info("warm start: loaded pre-trained weights %s (%d steps)", key, record["steps"])
-            return {**record, "cache_hit": True}
+
+    def train() -> dict[str, Any]:
         log.info("warm start: pre-training for %d steps on %d documents", settings.steps, len(texts))
-        record = {"key": key, **pretrain(model, tokenizer, examples, settings, progress)}
-        _save(model, record, path)
-    return {**record, "cache_hit": False}
+        return {"key": key, **pretrain(model, tokenizer, examples, settings, progress)}
+
+    record, cache_hit = cached_weights(model, path, RECORD_FILE, train)
+    if cache_hit:
+        log.info("warm start: loaded pre-trained weights %s (%d steps)", key, record["steps"])
+    return {**record, "cache_hit": cache_hit}
 
 
 def pretrain(
@@ -263,45 +255,3 @@ def _optimizer(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of the model's parameters and buffers (names, dtypes, shapes and bytes, in name order)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\x00".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the tokenizer: its full serialisation for a fast tokenizer, else its vocabulary, and its
-    special tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    specials = json.dumps(
-        [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.padding_side]
-    )
-    return texts_sha256([type(tokenizer).__name__, body, specials])
-
-
-def _config_dict(model: PreTrainedModel) -> dict[str, Any]:
-    config = model.config.to_dict()
-    config.pop("transformers_version", None)
-    return config
-
-
-def _save(model: torch.nn.Module, record: dict[str, Any], path: Path) -> None:
-    """Weights and record to ``path`` through a temporary sibling directory moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_model(model, str(tmp / WEIGHTS_FILE))
-        atomic_write_json(tmp / RECORD_FILE, record)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():  # a half-written directory of an interrupted run (no record file)
-        shutil.rmtree(path, ignore_errors=True)
-    publish_directory(tmp, path)

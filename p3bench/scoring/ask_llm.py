@@ -52,7 +52,6 @@ The batching, model-loading and fingerprint machinery shared with the perplexity
 from __future__ import annotations
 
 import hashlib
-import json
 import string
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -65,6 +64,7 @@ import torch
 
 from p3bench.errors import ConfigError, ModelLoadError
 from p3bench.models.factory import DTYPES
+from p3bench.models.weights_cache import tokenizer_digest, weights_digest
 from p3bench.scoring.base import length_buckets
 from p3bench.scoring.cache import TextScorer
 
@@ -112,32 +112,6 @@ def checkpoint_digest(directory: str | Path) -> str:
                 for offset in (0, size // 2 - _SAMPLE_BYTES // 2, size - _SAMPLE_BYTES):
                     handle.seek(offset)
                     digest.update(handle.read(_SAMPLE_BYTES))
-    return digest.hexdigest()[:16]
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A short hash of a model's state dict: every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}\x00{flat.dtype}\x00{tuple(tensor.shape)}\x00".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def tokenizer_digest(tokenizer: Any) -> str:
-    """A short hash of a tokenizer: its class, its full definition (vocabulary, merges, normaliser,
-    pre-tokenizer, post-processor, added tokens; padding and truncation state excluded) and special tokens."""
-    digest = hashlib.sha256(type(tokenizer).__name__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        definition = json.loads(backend.to_str())
-        definition.pop("padding", None)
-        definition.pop("truncation", None)
-        digest.update(json.dumps(definition, sort_keys=True).encode())
-    else:
-        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 
