@@ -86,7 +86,9 @@ def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path
         # the tiny model's programs run in the sandbox: code execution is opt-in
         overrides += ["dataset.params.allow_code_execution=true"]
     cfg = compose_config(overrides, tmp_path, cache_dir)
-    if cfg.dataset.name in ("math", "gsm8k", "apps") and not SHARED_DATA.is_dir():
+    # real-data and local text-corpus experiments read ../shared/data (a hub C4 experiment reads its sample)
+    local_data = ("math", "gsm8k", "apps", "c4", "pile", "gutenberg", "tinyshakespeare", "text_mix")
+    if cfg.dataset.name in local_data and not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     results = train_and_evaluate(cfg)
     assert results["status"] == "ok"

@@ -260,6 +260,7 @@ def test_quality_samplers_refuse_bad_settings(pool):
 
 
 @pytest.mark.slow
+@requires_shared_data
 def test_the_ask_llm_stand_in_learns_to_tell_curated_text_from_degraded_copies(tmp_path: Path):
     # curated text of several styles, as in conf/method/ask_llm.yaml
     books = load_dataset_splits(
