@@ -68,12 +68,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"p3bench: error: {exc}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.RUN:
             sys.exit(2)
-        raise  # in a sweep the launcher records the failed job and the others go on
+        log.error("run failed: %s", exc)  # into the job's run.log, where a report finds why it failed
+        raise  # in a sweep the launcher records the failed job
+    except Exception as exc:
+        log.error("run failed: %s: %s", type(exc).__name__, exc)
+        raise
     return results["metrics"].get("test/accuracy")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: ``p3bench report ...`` reports on run directories, anything else runs."""
+    if sys.argv[1:2] == ["report"]:
+        from p3bench.report.cli import main as report_main
+
+        sys.exit(report_main(sys.argv[2:]))
     problem = check_group_overrides(sys.argv[1:])
     if problem:
         print(f"p3bench: error: {problem}", file=sys.stderr)

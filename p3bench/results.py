@@ -58,10 +58,13 @@ def composition(examples: Sequence[Example]) -> dict[str, Any]:
         "per_level": dict(sorted(Counter(str(m.get("level")) for m in meta).items())),
         "per_type": dict(sorted(Counter(str(m.get("type")) for m in meta).items())),
     }
+    if any("domain" in m for m in meta):  # text corpora: the source each document came from
+        summary["per_domain"] = dict(sorted(Counter(str(m.get("domain")) for m in meta).items()))
     if any("is_noisy" in m for m in meta):
         summary["noisy"] = sum(bool(m.get("is_noisy")) for m in meta)
         summary["junk"] = sum(bool(m.get("is_junk")) for m in meta)
         summary["in_duplicate_group"] = sum(m.get("dup_group") is not None for m in meta)
+        summary["duplicate_copies"] = sum(bool(m.get("is_duplicate")) for m in meta)
     return summary
 
 
@@ -88,10 +91,14 @@ def selection_summary(datamodule: Any) -> dict[str, Any]:
                 "forward_tokens": r.forward_tokens,
                 "seconds": round(r.seconds, 4),
                 "diagnostics": r.diagnostics,
+                # what this round trained on (levels, domains, planted defects): what reports chart per round
+                "composition": composition([datamodule.pool[datamodule.index_of[i]] for i in r.ids]),
             }
             for r in rounds
         ],
         "composition": composition(selected),
+        # the same counts over the whole pool: the reference a report sets selections against
+        "pool_composition": composition(datamodule.pool),
         # in-batch reweighting methods (IR-DRO, MidRanking): settings and run means of the weight metrics
         **(
             {"reweighting": datamodule.reweighting_summary()}
@@ -125,3 +132,68 @@ def write_run_files(
     atomic_write_jsonl(output_dir / SELECTION_FILE, selection)
     atomic_write_jsonl(output_dir / PREDICTIONS_FILE, predictions)
     return atomic_write_json(output_dir / RESULTS_FILE, results)
+
+
+# one set of names for every method's headline numbers: the report, the wandb summary and the notebook
+PLANTED_DEFECTS = {"noisy": "noisy", "junk": "junk", "duplicate": "duplicate_copies"}
+
+
+def quality_metric(results: dict[str, Any]) -> tuple[str, bool]:
+    """The run's headline quality metric and whether higher is better: test accuracy for question answering
+    and code, held-out perplexity for language modelling, validation loss when the run was not tested."""
+    metrics = results.get("metrics", {})
+    name = "test/perplexity" if results.get("dataset", {}).get("task") == "lm" else "test/accuracy"
+    if name in metrics:
+        return name, name == "test/accuracy"
+    return "val/loss", False
+
+
+def trained_defect_shares(results: dict[str, Any]) -> dict[str, float]:
+    """Share of the (round, example) pairs a run trained on that were planted noisy, junk or duplicate
+    copies (datasets with oracle fields only; a dynamic method's example counts once per round it is in).
+    Runs written before rounds recorded their composition fall back to the distinct selected examples."""
+    selection = results.get("selection", {})
+    parts = [r["composition"] for r in selection.get("rounds", []) if "composition" in r]
+    if not parts:
+        parts = [selection["composition"]] if "composition" in selection else []
+    total = sum(p.get("n", 0) for p in parts)
+    if not total or not all("noisy" in p for p in parts):
+        return {}
+    return {
+        defect: sum(p.get(key, 0) for p in parts) / total
+        for defect, key in PLANTED_DEFECTS.items()
+        if all(key in p for p in parts)
+    }
+
+
+def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """The run's headline numbers under names shared by every method (wandb summary ``summary/<name>``,
+    report columns): quality and its metric, data fraction, compute, time, and planted-defect shares."""
+    metrics, selection, compute = results["metrics"], results["selection"], results["compute"]
+    name, higher = quality_metric(results)
+    seconds = compute.get("seconds", {})
+    summary: dict[str, Any] = {
+        "quality": metrics.get(name),
+        "quality_metric": name,
+        "quality_higher_is_better": higher,
+        "test_accuracy": metrics.get("test/accuracy"),
+        "test_perplexity": metrics.get("test/perplexity"),
+        "val_loss": metrics.get("val/loss"),
+        "data_fraction": selection.get("fraction"),
+        "n_selected": selection.get("n_selected"),
+        "pool_size": selection.get("pool_size"),
+        "rounds": len(selection.get("rounds", [])),
+        "train_tokens": compute.get("train_tokens"),
+        "selection_forward_tokens": compute.get("selection_forward_tokens"),
+        "total_compute_tokens": (compute.get("train_tokens") or 0)
+        + (compute.get("selection_forward_tokens") or 0),
+        "optimizer_steps": compute.get("optimizer_steps"),
+        "seconds_total": seconds.get("total"),
+        "seconds_selection": seconds.get("selection"),
+    }
+    for defect, share in trained_defect_shares(results).items():
+        summary[f"trained_share_{defect}"] = share
+    for key, value in (selection.get("reweighting") or {}).items():
+        if key.startswith("mean_mass_"):  # in-batch reweighting: the loss weight planted examples received
+            summary[f"weight_mass_{key.removeprefix('mean_mass_')}"] = value
+    return {k: v for k, v in summary.items() if v is not None}

@@ -32,6 +32,8 @@ from p3bench.results import (
     selection_summary,
     write_run_files,
 )
+from p3bench.tracking import SelectionMetrics, log_run_to_wandb
+from p3bench.utils.progress import set_progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.regime not in REGIMES:
         raise ConfigError(f"regime={cfg.regime!r} is not supported: expected one of {', '.join(REGIMES)}")
     output_dir = Path(cfg.paths.output_dir)
+    set_progress_enabled(bool(cfg.progress))  # the selection's own progress bars (scoring, embedding, ...)
     warm_settings = warm_start_settings(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.seed))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -84,6 +87,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
     if not loggers:  # Lightning's learning-rate monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(SelectionMetrics())  # each selection round's selection/* metrics, to every logger
     trainer_overrides: dict[str, Any] = {
         # a dynamic method reloads every epoch and maps the epoch to its round itself, so resuming at any
         # epoch keeps rounds in phase
@@ -134,6 +138,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items()})
             write_run_files(output_dir, results, selection_rows(datamodule), module.test_records)
+            log_run_to_wandb(trainer.loggers, results, output_dir)
     finally:
         close_loggers(trainer.loggers)
     if trainer.is_global_zero:  # after the loggers' own closing output, so the table is what stays on screen

@@ -65,6 +65,9 @@ def run_cli(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 300) -> 
         "P3BENCH_CACHE_DIR": str(cache_dir),
         "P3BENCH_DATA_DIR": str(SHARED_DATA),
         "WANDB_SILENT": "true",
+        # wandb's own copies of logged tables and artifacts stay in the test's cache, not the home directory
+        "WANDB_DATA_DIR": str(cache_dir / "wandb-data"),
+        "WANDB_CACHE_DIR": str(cache_dir / "wandb-cache"),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
@@ -85,3 +88,65 @@ def read_results(run_dir: Path) -> dict:
 def find_run_dirs(root: Path) -> list[Path]:
     """Run directories below ``root``: the folders holding a ``.hydra/config.yaml``."""
     return sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))
+
+
+#: The tiny real sweep of the report tests and the notebook: two methods (one static, one dynamic) x two
+#: budgets x two seeds on a small synthetic_math pool, three epochs each (seconds per run).
+TINY_SWEEP = [
+    "-m",
+    "debug=smoke",
+    "method=random,p3_no_dpp",
+    "budget=0.3,0.6",
+    "seed=0,1",
+    "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """The finished multirun directory of :data:`TINY_SWEEP` (8 runs), shared by the tests of a session."""
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    done = run_cli([*TINY_SWEEP, "hydra.sweep.dir=sweep"], root, cache_dir, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "sweep"
+
+
+def tiny_t5(tokenizer, num_layers: int = 1):
+    """A randomly initialised T5 small enough for scorer tests (an Ask-LLM judge's family)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        d_ff=32,
+        d_kv=8,
+        num_layers=num_layers,
+        num_decoder_layers=1,
+        num_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+def tiny_llama(tokenizer, num_layers: int = 1, max_positions: int = 512, seed: int = 0):
+    """A randomly initialised Llama small enough for scorer tests (a perplexity proxy's family)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -252,7 +252,7 @@ def test_sketch_progress_bar_and_validation(capsys: pytest.CaptureFixture[str]) 
     np.testing.assert_array_equal(
         lsh_kernel_sums(X, rows=8, chunk_size=16, progress=True), lsh_kernel_sums(X, rows=8, chunk_size=16)
     )
-    assert "density sketch" in capsys.readouterr().err
+    assert "density sketch" in capsys.readouterr().out
     for bad in [
         {"rows": 0},
         {"buckets": -1},

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
 from p3bench.errors import ConfigError, ModelLoadError
 from p3bench.models.tokenizer import train_local_tokenizer
 from p3bench.scoring.ask_llm import ASK_LLM_TEMPLATE, AskLLMScorer, split_template
 from p3bench.scoring.cache import cached_scores, scores_cache_path
 from p3bench.scoring.perplexity import PerplexityScorer
+from tests.conftest import tiny_llama, tiny_t5
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -42,37 +43,11 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def t5(tokenizer) -> T5ForConditionalGeneration:
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=16,
-        d_ff=32,
-        d_kv=8,
-        num_layers=2,
-        num_decoder_layers=1,
-        num_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    return T5ForConditionalGeneration(config).eval()
+    return tiny_t5(tokenizer, num_layers=2)
 
 
 def _llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(tokenizer, num_layers=2, max_positions=256, seed=seed)
     with torch.no_grad():  # sharpen the output distribution so that probabilities differ visibly
         model.lm_head.weight.mul_(20.0)
     return model

@@ -62,7 +62,9 @@ Conventions
 Inputs are ``(n, d)`` arrays of real vectors; every function L2-normalises rows itself (a zero or
 non-finite row is a :class:`~p3bench.errors.DataError`). Cosine similarities are computed in float32 and
 reported as float64 values clipped to ``[-1, 1]``. Kept indices are returned in increasing order. Every
-function is deterministic: there is no randomness outside the seeded k-means.
+function is deterministic: there is no randomness outside the seeded k-means. The long steps take
+``progress`` (off by default): a progress bar (:func:`p3bench.utils.progress.progress_bar`) over the stages
+of :func:`spherical_kmeans` and over the clusters of :func:`semdedup_scores`.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from p3bench.errors import ConfigError, DataError
+from p3bench.utils.progress import progress_bar
 
 __all__ = [
     "CUTS",
@@ -428,6 +431,7 @@ def spherical_kmeans(
     refine_iter: int = 10,
     minibatch: bool | None = None,
     batch_size: int = 4096,
+    progress: bool = False,
 ) -> KMeansResult:
     """k-means on the L2-normalised rows of ``X`` with unit-norm centroids.
 
@@ -449,6 +453,7 @@ def spherical_kmeans(
         refine_iter: maximum spherical refinement passes (0 disables them).
         minibatch: force (True) or forbid (False) ``MiniBatchKMeans``; None picks by size.
         batch_size: ``MiniBatchKMeans`` batch size.
+        progress: a progress bar over the steps: seeding, the scikit-learn fit, each refinement pass.
     """
     Xn = _unit_rows(X)
     n = Xn.shape[0]
@@ -470,32 +475,40 @@ def spherical_kmeans(
     n_init_sample = min(n, max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER * k))
     sample = np.sort(rng.choice(n, size=n_init_sample, replace=False)) if n_init_sample < n else slice(None)
     sk_seed = int(rng.integers(0, 2**31 - 1))
-    with warnings.catch_warnings():
-        # Fewer distinct points than clusters: scikit-learn warns and leaves duplicate centres; the
-        # refinement below then leaves the surplus clusters empty, which the result reports in ``sizes``.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        with threadpool_limits(limits=1, user_api="blas"):
-            # Seeding runs thousands of tiny matrix products; BLAS threads only add synchronisation.
-            init, _ = kmeans_plusplus(Xn[sample].astype(np.float64), k, random_state=sk_seed)
-        common = dict(n_clusters=k, init=init.astype(np.float32), n_init=1, max_iter=max_iter, tol=tol)
-        if use_minibatch:
-            est = MiniBatchKMeans(**common, batch_size=batch_size, random_state=sk_seed)
-        else:
-            est = KMeans(**common, random_state=sk_seed)
-        est.fit(Xn)
-    labels = est.labels_.astype(np.int64)
-    n_iter = int(est.n_iter_)
-    centroids = _normalised_means(Xn, labels, k)
-    for _ in range(refine_iter):
-        # A cluster emptied by a pass keeps its previous centroid and may win points back in the next.
-        new_labels = _assign(Xn, centroids)
-        n_iter += 1
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-        means = _normalised_means(Xn, labels, k)
-        filled = np.bincount(labels, minlength=k) > 0
-        centroids = np.where(filled[:, None], means, centroids)
+    steps = 2 + int(refine_iter)
+    with progress_bar(total=steps, desc=f"k-means (k={k})", unit="step", enabled=progress) as bar:
+        bar.set_postfix_str("seeding", refresh=False)
+        with warnings.catch_warnings():
+            # Fewer distinct points than clusters: scikit-learn warns and leaves duplicate centres; the
+            # refinement below then leaves the surplus clusters empty, which the result reports in ``sizes``.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            with threadpool_limits(limits=1, user_api="blas"):
+                # Seeding runs thousands of tiny matrix products; BLAS threads only add synchronisation.
+                init, _ = kmeans_plusplus(Xn[sample].astype(np.float64), k, random_state=sk_seed)
+            bar.set_postfix_str("fitting", refresh=False)
+            bar.update(1)
+            common = dict(n_clusters=k, init=init.astype(np.float32), n_init=1, max_iter=max_iter, tol=tol)
+            if use_minibatch:
+                est = MiniBatchKMeans(**common, batch_size=batch_size, random_state=sk_seed)
+            else:
+                est = KMeans(**common, random_state=sk_seed)
+            est.fit(Xn)
+        bar.set_postfix_str("refining", refresh=False)
+        bar.update(1)
+        labels = est.labels_.astype(np.int64)
+        n_iter = int(est.n_iter_)
+        centroids = _normalised_means(Xn, labels, k)
+        for _ in range(refine_iter):
+            # A cluster emptied by a pass keeps its previous centroid and may win points back in the next.
+            new_labels = _assign(Xn, centroids)
+            n_iter += 1
+            bar.update(1)
+            if np.array_equal(new_labels, labels):
+                break
+            labels = new_labels
+            means = _normalised_means(Xn, labels, k)
+            filled = np.bincount(labels, minlength=k) > 0
+            centroids = np.where(filled[:, None], means, centroids)
     sims = np.einsum("ij,ij->i", Xn, centroids[labels], dtype=np.float64)
     return KMeansResult(
         labels=labels,
@@ -545,6 +558,7 @@ def semdedup_scores(
     *,
     keep: str = "farthest",
     block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: bool = False,
 ) -> SemDeDupScores:
     """SemDeDup's per-point ``M`` (maximum cosine similarity to the earlier points of the cluster's order).
 
@@ -555,6 +569,7 @@ def semdedup_scores(
             the farthest member of a duplicate group is kept; ``"nearest"`` the reverse (the reading of
             Sachdeva et al., Sec. 2.1).
         block_size: tile size; a cluster never needs more than ``block_size^2`` similarities at once.
+        progress: a progress bar over the points, updated once per cluster.
     """
     _check_choice("keep", keep, KEEPS)
     block_size = _check_positive_int("block_size", block_size)
@@ -567,9 +582,13 @@ def semdedup_scores(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n, dtype=np.int64) - bounds[labels[order]]
     M = np.full(n, _NO_EARLIER, dtype=np.float64)
-    for c in np.flatnonzero(np.diff(bounds) > 1):
-        members = order[bounds[c] : bounds[c + 1]]
-        M[members[1:]] = _max_earlier_similarity(Xn[members], block_size)[1:]
+    sizes = np.diff(bounds)
+    with progress_bar(total=n, desc="SemDeDup", unit="example", enabled=progress) as bar:
+        bar.update(int(n - sizes[sizes > 1].sum()))  # the points of singleton clusters: nothing to compare
+        for c in np.flatnonzero(sizes > 1):
+            members = order[bounds[c] : bounds[c + 1]]
+            M[members[1:]] = _max_earlier_similarity(Xn[members], block_size)[1:]
+            bar.update(len(members))
     np.clip(M, -1.0, 1.0, out=M)
     return SemDeDupScores(max_similarity=M, rank=rank, keep=keep)
 
@@ -581,11 +600,12 @@ def semdedup(
     *,
     keep: str = "farthest",
     block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: bool = False,
 ) -> SemDeDupResult:
     """SemDeDup keeping exactly ``budget`` points: those with the ``budget`` smallest ``M`` (ties: earlier
     in the cluster order, then lower index). Reports the threshold ``t`` (the largest kept ``M``) and
     ``epsilon = 1 - t``. See :func:`semdedup_scores` for the arguments."""
-    return semdedup_scores(X, clusters, keep=keep, block_size=block_size).select(budget)
+    return semdedup_scores(X, clusters, keep=keep, block_size=block_size, progress=progress).select(budget)
 
 
 def semdedup_at_threshold(
@@ -595,11 +615,14 @@ def semdedup_at_threshold(
     *,
     keep: str = "farthest",
     block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: bool = False,
 ) -> SemDeDupResult:
     """SemDeDup at a fixed ``epsilon`` (arXiv 2303.09540): keep every point with ``M <= 1 - epsilon``.
     ``epsilon`` in ``[0, 2]``: 0 removes nothing (a cosine similarity never exceeds 1), a small positive
     value removes exact and near-exact duplicates, 2 keeps only the first point of every cluster. See :func:`semdedup_scores` for the other arguments."""
-    return semdedup_scores(X, clusters, keep=keep, block_size=block_size).select_epsilon(epsilon)
+    return semdedup_scores(X, clusters, keep=keep, block_size=block_size, progress=progress).select_epsilon(
+        epsilon
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

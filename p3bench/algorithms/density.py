@@ -79,6 +79,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import erf
 
 from p3bench.errors import ConfigError
+from p3bench.utils.progress import progress_bar
 
 __all__ = [
     "BANDWIDTH_QUANTILE",
@@ -332,7 +333,7 @@ def lsh_kernel_sums(
         cache_buckets: keep pass 1's bucket ids (``n * R`` uint16, uint32 when ``B > 65,536``) for pass 2
             instead of hashing again (same scores, pass 2 about 10x faster). ``None``: keep them when they
             take at most :data:`CACHE_LIMIT_BYTES` (1 GiB).
-        progress: a tqdm bar over chunks.
+        progress: a progress bar over the chunks of both passes (:func:`p3bench.utils.progress.progress_bar`).
 
     Returns:
         ``(n,)`` float64 scores, each in ``[1, n]`` (raw: every point collides with itself in every row).
@@ -360,7 +361,7 @@ def lsh_kernel_sums(
     pending = np.empty((block_rows, R), dtype=np.int64)
     counts = np.zeros(R * B, dtype=np.int64)
     n_chunks = -(-n // chunk_size)
-    bar = _progress_bar(2 * n_chunks, progress)
+    bar = progress_bar(total=2 * n_chunks, desc="density sketch", unit="chunk", enabled=progress)
     try:
         filled = 0
         for start, ids in hasher.iterate(A):
@@ -405,13 +406,15 @@ def exact_kernel_sums(
     bandwidth: float | None = None,
     hashes_per_row: int = DEFAULT_HASHES_PER_ROW,
     block_size: int = 1024,
+    progress: bool = False,
 ) -> NDArray[np.float64]:
     """The exact kernel sums ``sum_x k(x, y)`` (including ``x = y``) for every row ``y`` of ``X``, in
     ``O(n^2 dim)`` time and ``O(block_size^2)`` memory, for validating the sketch on small pools.
 
     ``kernel="pstable"``: ``k = p(d)^K``, the kernel :func:`lsh_kernel_sums` estimates (bandwidth ``w``,
     ``K = hashes_per_row``). ``kernel="gaussian"``: ``k = exp(-d^2 / (2 h^2))`` with ``h = bandwidth``
-    (``hashes_per_row`` is ignored). ``bandwidth=None`` means :func:`default_bandwidth` of ``X``."""
+    (``hashes_per_row`` is ignored). ``bandwidth=None`` means :func:`default_bandwidth` of ``X``.
+    ``progress``: a progress bar over the rows, updated once per block of ``block_size`` rows."""
     if kernel not in EXACT_KERNELS:
         raise ConfigError(f"kernel={kernel!r} is unknown: expected one of {', '.join(EXACT_KERNELS)}")
     block_size = _check_count("block_size", block_size)
@@ -420,17 +423,19 @@ def exact_kernel_sums(
     w = default_bandwidth(A) if bandwidth is None else _check_positive("bandwidth", bandwidth)
     n = A.shape[0]
     out = np.zeros(n, dtype=np.float64)
-    for i in range(0, n, block_size):
-        Ai = A[i : i + block_size]
-        for j in range(0, n, block_size):
-            d2 = _sq_dists(Ai, A[j : j + block_size])
-            if i == j:
-                np.fill_diagonal(d2, 0.0)  # exactly, not up to the rounding of the expanded square
-            if kernel == "gaussian":
-                k = np.exp(-d2 / (2.0 * w * w))
-            else:
-                k = pstable_collision_probability(np.sqrt(d2), w) ** K
-            out[i : i + block_size] += k.sum(axis=1)
+    with progress_bar(total=n, desc="exact kernel sums", unit="row", enabled=progress) as bar:
+        for i in range(0, n, block_size):
+            Ai = A[i : i + block_size]
+            for j in range(0, n, block_size):
+                d2 = _sq_dists(Ai, A[j : j + block_size])
+                if i == j:
+                    np.fill_diagonal(d2, 0.0)  # exactly, not up to the rounding of the expanded square
+                if kernel == "gaussian":
+                    k = np.exp(-d2 / (2.0 * w * w))
+                else:
+                    k = pstable_collision_probability(np.sqrt(d2), w) ** K
+                out[i : i + block_size] += k.sum(axis=1)
+            bar.update(Ai.shape[0])
     return out
 
 
@@ -582,19 +587,3 @@ def _check_k(k: int, n: int) -> int:
     if not 0 <= k <= n:
         raise ConfigError(f"k={k} is out of range: expected a sample size 0 <= k <= {n}")
     return int(k)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="density sketch", unit="chunk")

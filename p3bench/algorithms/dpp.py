@@ -33,6 +33,12 @@ whose kernel on the remaining items is the Schur complement ``L_AA - L_AP L_PP^{
 forced steps the ``d_i^2`` are the diagonal of that Schur complement and the next ``e_i`` are the rows
 of its Cholesky factor. A forced item whose conditional gain is already below ``eps`` (it lies in the span
 of the items forced before it, for example a duplicate) is skipped: conditioning on it changes nothing.
+
+Progress
+--------
+With ``progress=True`` the greedy shows a bar (:func:`p3bench.utils.progress.progress_bar`): the row-callback
+path counts every forced item and pick (each costs a kernel row and ``O(n t)``), the low-rank path counts the
+picks, updated once per block of picks, so the bar stays out of the per-pick loop.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from p3bench.utils.progress import progress_bar
 
 __all__ = [
     "BANDWIDTH_SAMPLE",
@@ -168,6 +176,7 @@ def greedy_map_rows(
     n_candidates: int | None = None,
     forced: Sequence[int] = (),
     eps: float = 1e-10,
+    progress: bool = False,
 ) -> DPPResult:
     """Fast greedy MAP (arXiv 1709.05135, Alg. 1) on a kernel given by its diagonal and a row callback.
 
@@ -179,6 +188,7 @@ def greedy_map_rows(
             (used for preselected items that are not candidates). Default: all ``n``.
         forced: items added first, in this order, to condition on; not returned nor counted in ``k``.
         eps: stop when the best gain ``d_i^2`` is below ``eps``.
+        progress: a progress bar over the forced items and the picks.
 
     Cost: ``O(n (|forced| + k))`` memory for the factor and ``O(n t)`` per pick plus the row callback.
     """
@@ -216,31 +226,39 @@ def greedy_map_rows(
         d2[j] = -math.inf
         t += 1
 
-    for j in forced_idx.tolist():
-        gain = float(d2[j])
-        if gain >= eps:
-            update(j, gain)
-        else:
-            d2[j] = -math.inf
-
     picks: list[int] = []
     gains: list[float] = []
     stopped = False
-    while len(picks) < k:
-        j = int(np.argmax(cand))
-        gain = float(cand[j])
-        if not gain >= eps:
-            stopped = True
-            break
-        picks.append(j)
-        gains.append(gain)
-        if len(picks) < k:
-            update(j, gain)
+    with progress_bar(total=forced_idx.size + k, desc="DPP greedy", unit="item", enabled=progress) as bar:
+        for j in forced_idx.tolist():
+            gain = float(d2[j])
+            if gain >= eps:
+                update(j, gain)
+            else:
+                d2[j] = -math.inf
+            bar.update(1)
+
+        while len(picks) < k:
+            j = int(np.argmax(cand))
+            gain = float(cand[j])
+            if not gain >= eps:
+                stopped = True
+                break
+            picks.append(j)
+            gains.append(gain)
+            if len(picks) < k:
+                update(j, gain)
+            bar.update(1)
     return DPPResult(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), stopped)
 
 
 def greedy_map(
-    kernel: ArrayLike, k: int, *, preselected: Sequence[int] = (), eps: float = 1e-10
+    kernel: ArrayLike,
+    k: int,
+    *,
+    preselected: Sequence[int] = (),
+    eps: float = 1e-10,
+    progress: bool = False,
 ) -> DPPResult:
     """Fast greedy MAP inference (Chen et al., arXiv 1709.05135) on an explicit ``N x N`` PSD kernel.
 
@@ -248,11 +266,14 @@ def greedy_map(
     greedy MAP of the conditional DPP (the Schur complement); they are not returned nor counted in ``k``.
     Stops early, returning fewer than ``k`` items with ``stopped_early=True``, when the best gain
     ``d_i^2`` falls below ``eps``. Only ``kernel[j, :]`` rows are read (the kernel is assumed symmetric).
+    ``progress``: a progress bar (see :func:`greedy_map_rows`).
     """
     mat = _as_matrix(kernel, "kernel")
     if mat.shape[0] != mat.shape[1]:
         raise ValueError(f"kernel has shape {mat.shape}: expected a square N x N matrix")
-    return greedy_map_rows(np.diagonal(mat), mat.__getitem__, k, forced=preselected, eps=eps)
+    return greedy_map_rows(
+        np.diagonal(mat), mat.__getitem__, k, forced=preselected, eps=eps, progress=progress
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -303,6 +324,7 @@ def greedy_map_lowrank(
     eps: float = 1e-10,
     rank_tol: float = 1e-10,
     block: int = 64,
+    progress: bool = False,
 ) -> DPPResult:
     """Fast greedy MAP on ``L = diag(q) (F F^T + ridge I) diag(q)`` without forming the ``N x N`` kernel.
 
@@ -348,6 +370,7 @@ def greedy_map_lowrank(
         eps: stop when the best gain falls below ``eps``.
         rank_tol: relative tolerance of the rank-exhausted test (see above).
         block: picks between two full updates (speed only; the picks do not depend on it).
+        progress: a progress bar over the picks, updated once per block.
     """
     F = _as_matrix(features, "features")
     n, dim = F.shape
@@ -398,69 +421,75 @@ def greedy_map_lowrank(
     win_b = np.empty((n, dim))  # rows of B for the window (the first `size` items of `order`)
     win_gain = np.empty(n)  # their exact gains at the current step
     e_buf = np.empty(n)
-    while len(picks) < k:
-        # Start of a block: the base2 are exact; look for the rank-exhausted case.
-        if ridge > 0.0 and float(np.max(base2 - ridge_q2)) <= tol:
-            rest = np.flatnonzero(~picked)
-            order = rest[np.argsort(-ridge_q2[rest], kind="stable")[: k - len(picks)]]
-            fill_gains = ridge_q2[order]
-            low = np.flatnonzero(fill_gains < eps)
-            keep = int(low[0]) if low.size else order.size
-            stopped = keep < order.size
-            picks.extend(order[:keep].tolist())
-            gains.extend(fill_gains[:keep].tolist())
-            n_fill = keep
-            break
-        order = np.argsort(-base2, kind="stable")  # picked items (-inf) last
-        size = min(window0, n)
-        np.take(B, order[:size], axis=0, out=win_b[:size])
-        np.take(base2, order[:size], out=win_gain[:size])
+    shown = 0  # picks counted on the bar
+    with progress_bar(total=k, desc="DPP greedy", unit="pick", enabled=progress) as bar:
         while len(picks) < k:
-            # Exact argmax: grow the window until its best exact gain beats every bound outside it.
-            while True:
-                pos = int(np.argmax(win_gain[:size]))
-                gain = float(win_gain[pos])
-                if size == n or gain > float(base2[order[size]]):
+            # Start of a block: the base2 are exact; look for the rank-exhausted case.
+            if ridge > 0.0 and float(np.max(base2 - ridge_q2)) <= tol:
+                rest = np.flatnonzero(~picked)
+                order = rest[np.argsort(-ridge_q2[rest], kind="stable")[: k - len(picks)]]
+                fill_gains = ridge_q2[order]
+                low = np.flatnonzero(fill_gains < eps)
+                keep = int(low[0]) if low.size else order.size
+                stopped = keep < order.size
+                picks.extend(order[:keep].tolist())
+                gains.extend(fill_gains[:keep].tolist())
+                n_fill = keep
+                bar.update(keep)
+                break
+            order = np.argsort(-base2, kind="stable")  # picked items (-inf) last
+            size = min(window0, n)
+            np.take(B, order[:size], axis=0, out=win_b[:size])
+            np.take(base2, order[:size], out=win_gain[:size])
+            while len(picks) < k:
+                # Exact argmax: grow the window until its best exact gain beats every bound outside it.
+                while True:
+                    pos = int(np.argmax(win_gain[:size]))
+                    gain = float(win_gain[pos])
+                    if size == n or gain > float(base2[order[size]]):
+                        break
+                    new_size = min(2 * size, n)
+                    new_b = win_b[size:new_size]
+                    np.take(B, order[size:new_size], axis=0, out=new_b)
+                    new_gain = win_gain[size:new_size]
+                    np.take(base2, order[size:new_size], out=new_gain)
+                    if proj.size:
+                        e_new = new_b @ proj.rows.T
+                        new_gain -= np.einsum("ij,ij->i", e_new, e_new)
+                    size = new_size
+                ties = np.flatnonzero(win_gain[:size] == gain)
+                if ties.size > 1:
+                    pos = int(ties[np.argmin(order[ties])])
+                j = int(order[pos])
+                if not gain >= eps or (ridge == 0.0 and gain <= tol):
+                    stopped = True
                     break
-                new_size = min(2 * size, n)
-                new_b = win_b[size:new_size]
-                np.take(B, order[size:new_size], axis=0, out=new_b)
-                new_gain = win_gain[size:new_size]
-                np.take(base2, order[size:new_size], out=new_gain)
-                if proj.size:
-                    e_new = new_b @ proj.rows.T
-                    new_gain -= np.einsum("ij,ij->i", e_new, e_new)
-                size = new_size
-            ties = np.flatnonzero(win_gain[:size] == gain)
-            if ties.size > 1:
-                pos = int(ties[np.argmin(order[ties])])
-            j = int(order[pos])
-            if not gain >= eps or (ridge == 0.0 and gain <= tol):
-                stopped = True
+                picks.append(j)
+                gains.append(gain)
+                picked[j] = True
+                if len(picks) == k:
+                    break
+                b = B[j]
+                u = (b - proj.apply(b)) / math.sqrt(gain)
+                proj.add(u)
+                # einsum, not BLAS: a multi-threaded matrix-vector product per pick stalls when the cores
+                # are busy
+                e = np.einsum("ij,j->i", win_b[:size], u, out=e_buf[:size])
+                e *= e
+                win_gain[:size] -= e
+                win_gain[pos] = -math.inf
+                if proj.size == block or 4 * size > n:
+                    break
+            bar.update(len(picks) - shown)  # once per block, not per pick
+            shown = len(picks)
+            if stopped or len(picks) == k:
                 break
-            picks.append(j)
-            gains.append(gain)
-            picked[j] = True
-            if len(picks) == k:
-                break
-            b = B[j]
-            u = (b - proj.apply(b)) / math.sqrt(gain)
-            proj.add(u)
-            # einsum, not BLAS: a multi-threaded matrix-vector product per pick stalls when the cores are busy
-            e = np.einsum("ij,j->i", win_b[:size], u, out=e_buf[:size])
-            e *= e
-            win_gain[:size] -= e
-            win_gain[pos] = -math.inf
-            if proj.size == block or 4 * size > n:
-                break
-        if stopped or len(picks) == k:
-            break
-        # End of the block: apply the pending directions to every item.
-        e_blk = B @ proj.rows.T
-        base2 -= np.einsum("ij,ij->i", e_blk, e_blk)
-        base2[picked] = -math.inf
-        proj.commit()
-        window0 = max(128, size // 2)
+            # End of the block: apply the pending directions to every item.
+            e_blk = B @ proj.rows.T
+            base2 -= np.einsum("ij,ij->i", e_blk, e_blk)
+            base2[picked] = -math.inf
+            proj.commit()
+            window0 = max(128, size // 2)
     return DPPResult(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), stopped, n_fill)
 
 
@@ -506,6 +535,7 @@ def _rbf_greedy(
     P: NDArray[np.float64],
     qp: NDArray[np.float64],
     eps: float,
+    progress: bool = False,
 ) -> DPPResult:
     """Greedy MAP on ``L = diag(q) (S + ridge I) diag(q)``, ``S_ij = exp(-||x_i - x_j||^2 / (2 h^2))``,
     rows computed on the fly; the preselected rows ``P`` are appended and forced."""
@@ -530,7 +560,9 @@ def _rbf_greedy(
         buf[j] = diag[j]
         return buf
 
-    return greedy_map_rows(diag, row, k, n_candidates=n, forced=range(n, Z.shape[0]), eps=eps)
+    return greedy_map_rows(
+        diag, row, k, n_candidates=n, forced=range(n, Z.shape[0]), eps=eps, progress=progress
+    )
 
 
 def dpp_select(
@@ -545,6 +577,7 @@ def dpp_select(
     preselected_features: ArrayLike | None = None,
     preselected_quality: ArrayLike | None = None,
     eps: float = 1e-10,
+    progress: bool = False,
 ) -> DPPResult:
     """Select ``k`` diverse, high-quality candidates: the greedy MAP of the DPP with kernel
     ``L = diag(q) (S + ridge I) diag(q)`` (P3, arXiv 2408.05541; fast greedy of arXiv 1709.05135).
@@ -572,6 +605,8 @@ def dpp_select(
         preselected_features, preselected_quality: items to condition on (e.g. earlier rounds' picks);
             not candidates, not returned, not counted in ``k``.
         eps: stop a greedy run when the best gain falls below ``eps``.
+        progress: a progress bar over each greedy run (the RBF path also counts the preselected items, whose
+            kernel rows it computes).
 
     Raises:
         ValueError: unknown ``kernel`` or ``fill``, ``k`` larger than the number of candidates,
@@ -611,9 +646,18 @@ def dpp_select(
         qpx = qp if conditioned else qp[:0]
         if kernel == "cosine":
             return greedy_map_lowrank(
-                X, budget, quality=qx, ridge=r, preselected_features=Px, preselected_quality=qpx, eps=eps
+                X,
+                budget,
+                quality=qx,
+                ridge=r,
+                preselected_features=Px,
+                preselected_quality=qpx,
+                eps=eps,
+                progress=progress,
             )
-        return _rbf_greedy(X, qx, budget, ridge=r, bandwidth=float(bandwidth), P=Px, qp=qpx, eps=eps)
+        return _rbf_greedy(
+            X, qx, budget, ridge=r, bandwidth=float(bandwidth), P=Px, qp=qpx, eps=eps, progress=progress
+        )
 
     if fill == "ridge":
         return run(None, k, True, ridge)

@@ -346,9 +346,11 @@ def check_programs(
     sandbox: Sandbox | None = None,
     per_test_timeout_s: float | None = None,
     stop_on_failure: bool = False,
+    progress: bool = False,
 ) -> list[ProgramResult]:
     """:func:`check_program` for each ``(program, tests)`` pair on a pool of ``workers`` (default: the
-    configured ``workers``), results in input order."""
+    configured ``workers``), results in input order; with ``progress``, a bar over the programs checked
+    (:func:`p3bench.utils.progress.progress_bar`)."""
     require_code_execution()
     sandbox = sandbox or Sandbox()
 
@@ -362,7 +364,7 @@ def check_programs(
             stop_on_failure=stop_on_failure,
         )
 
-    return run_many(check, items, workers)
+    return run_many(check, items, workers, progress=progress, desc="checking programs (APPS)")
 
 
 # -------------------------------------------------------------------------------------------- evaluator
@@ -416,11 +418,12 @@ def apps_details(generated_text: str, example: Example) -> dict[str, float | boo
     return {"correct": result.strict, "test_case_average": result.test_case_average}
 
 
-def apps_batch(pairs: Sequence[tuple[str, Example]]) -> list[bool]:
+def apps_batch(pairs: Sequence[tuple[str, Example]], *, progress: bool = False) -> list[bool]:
     """Strict verdicts for many ``(generated_text, example)`` pairs, checked on the configured pool of
-    workers (``evaluate_apps.batch``: how the pass-rate scorer checks k samples of many problems)."""
+    workers (``evaluate_apps.batch``: how the pass-rate scorer checks k samples of many problems, with a bar
+    over the programs when ``progress``; the test-time evaluation inside Lightning's loop shows none)."""
     items = [(extract_program(text), _example_tests(example)) for text, example in pairs]
-    return [result.strict for result in check_programs(items, stop_on_failure=True)]
+    return [result.strict for result in check_programs(items, stop_on_failure=True, progress=progress)]
 
 
 evaluate_apps.details = apps_details  # type: ignore[attr-defined]

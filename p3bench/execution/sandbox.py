@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from p3bench.execution.isolation import WORKDIR_IN_NAMESPACE, Isolation, detect_
 from p3bench.execution.limits import MiB, SandboxLimits, apply_rlimits
 from p3bench.execution.policy import execution_settings, require_code_execution
 from p3bench.execution.uids import kill_uid, remove_files_of_uid, run_uid, user_process_count
+from p3bench.utils.progress import progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -319,13 +320,30 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=fix_and_retry)
 
 
-def run_many(function: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+def run_many(
+    function: Callable[[T], R],
+    items: Iterable[T],
+    workers: int | None = None,
+    *,
+    progress: bool = False,
+    desc: str = "running programs",
+) -> list[R]:
     """``[function(item) for item in items]`` on a pool of ``workers`` threads (default: the configured
     ``workers``), results in input order. Each call typically runs one sandboxed program; the threads only
-    wait on processes, so two workers keep two programs running."""
+    wait on processes, so two workers keep two programs running. With ``progress``, a bar named ``desc``
+    counts the calls as they finish (:func:`p3bench.utils.progress.progress_bar`). The first call that
+    raised, in input order, raises here once every call has ended."""
     items = list(items)
     count = workers if workers is not None else execution_settings().workers
-    if count <= 1 or len(items) <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="p3bench-sandbox") as pool:
-        return list(pool.map(function, items))
+    with progress_bar(total=len(items), desc=desc, unit="program", enabled=progress) as bar:
+        if count <= 1 or len(items) <= 1:
+            results = []
+            for item in items:
+                results.append(function(item))
+                bar.update(1)
+            return results
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="p3bench-sandbox") as pool:
+            futures = [pool.submit(function, item) for item in items]
+            for _ in as_completed(futures):
+                bar.update(1)
+            return [future.result() for future in futures]

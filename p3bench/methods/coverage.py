@@ -7,6 +7,10 @@ loads from a local copy), cached on disk. SemDeDup and Prototypes share one k-me
 ``cache_dir/clusters`` keyed by the embeddings, the number of clusters and ``cluster_seed`` (fixed across runs
 by default, as the paper clusters once), so the two samplers and every budget and seed of a sweep use the same
 clusters.
+
+A selection's forward tokens are the tokens the embedder's model processes over the pool: its own
+tokenization after its truncation (256 tokens for MiniLM), special tokens included; 0 for the model-free
+``tfidf``. They are counted whether or not the embedding cache served the vectors.
 """
 
 from __future__ import annotations
@@ -44,11 +48,17 @@ class EmbeddingSampler(PoolScoringMethod):
         self.embedder = str(embedder)
         self.embedder_kwargs = dict(embedder_kwargs or {})
         self._vectors: np.ndarray | None = None
+        self._embedding_tokens = 0
 
     def vectors(self) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = self.embeddings(self.embedder, self.embedder_kwargs)
+            self._vectors, self._embedding_tokens = self.embeddings(self.embedder, self.embedder_kwargs)
         return self._vectors
+
+    def embedding_tokens(self) -> int:
+        """The forward tokens embedding the pool takes (the selection's compute; the same on a cache hit)."""
+        self.vectors()
+        return self._embedding_tokens
 
     def embedding_info(self) -> dict[str, Any]:
         return {"embedder": self.embedder, "embedding_dim": int(self.vectors().shape[1])}
@@ -120,7 +130,11 @@ class DensitySampler(EmbeddingSampler):
             )
         else:
             values = density.exact_kernel_sums(
-                vectors, kernel="pstable", bandwidth=bandwidth, hashes_per_row=self.hashes_per_row
+                vectors,
+                kernel="pstable",
+                bandwidth=bandwidth,
+                hashes_per_row=self.hashes_per_row,
+                progress=self.progress,
             )
         info = {
             **self.embedding_info(),
@@ -131,7 +145,9 @@ class DensitySampler(EmbeddingSampler):
             else None,
             "power": self.power,
         }
-        return PoolScores(values=np.asarray(values, dtype=np.float64), info=info)
+        return PoolScores(
+            values=np.asarray(values, dtype=np.float64), forward_tokens=self.embedding_tokens(), info=info
+        )
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
         # the sketch's estimate is at least the example's own bucket count; guard exact zeros all the same
@@ -170,7 +186,7 @@ class ClusterSampler(EmbeddingSampler):
                 f"method.n_clusters={k} is invalid for a pool of {len(vectors)}: expected 1 <= n_clusters <= pool"
             )
         if self.cache_dir is None:
-            return clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed)
+            return clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed, progress=self.progress)
         digest = hashlib.sha256(np.ascontiguousarray(vectors).tobytes())
         digest.update(f"sklearn {sklearn.__version__}".encode())  # k-means results may change across versions
         digest = digest.hexdigest()[:20]
@@ -187,7 +203,7 @@ class ClusterSampler(EmbeddingSampler):
                     return clustering.KMeansResult.from_arrays(labels, centroids)
             except (OSError, ValueError, EOFError):
                 pass
-        result = clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed)
+        result = clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed, progress=self.progress)
         atomic_save_npy(centroids_path, result.centroids)
         atomic_save_npy(labels_path, result.labels)
         return result
@@ -223,9 +239,15 @@ class SemDeDup(ClusterSampler):
 
     def pool_scores(self, ctx: SelectionContext | None) -> PoolScores:
         clusters = self.clusters()
-        self._result = clustering.semdedup(self.vectors(), clusters, self.budget_size, keep=self.keep)
+        self._result = clustering.semdedup(
+            self.vectors(), clusters, self.budget_size, keep=self.keep, progress=self.progress
+        )
         info = {**self.cluster_info(clusters), "keep": self.keep}
-        return PoolScores(values=np.asarray(self._result.scores, dtype=np.float64), info=info)
+        return PoolScores(
+            values=np.asarray(self._result.scores, dtype=np.float64),
+            forward_tokens=self.embedding_tokens(),
+            info=info,
+        )
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
         result = self._result
@@ -254,7 +276,11 @@ class Prototypes(ClusterSampler):
         clusters = self.clusters()
         self._result = clustering.prototypes(self.vectors(), clusters, self.budget_size, cut=self.cut)
         info = {**self.cluster_info(clusters), "cut": self.cut}
-        return PoolScores(values=np.asarray(self._result.scores, dtype=np.float64), info=info)
+        return PoolScores(
+            values=np.asarray(self._result.scores, dtype=np.float64),
+            forward_tokens=self.embedding_tokens(),
+            info=info,
+        )
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
         return np.sort(np.asarray(self._result.kept, dtype=np.int64)), {}

@@ -13,10 +13,13 @@
 
 An example's loss is what training minimises for it: the mean NLL over its target tokens
 (:func:`p3bench.models.losses.per_example_nll`), computed in one batched, length-bucketed pass
-(:func:`p3bench.scoring.base.forward_pass`) whose tokens count as the selection's forward tokens. An example
-whose target is cut off entirely (a prompt of ``max_length`` tokens or more) has nothing to train on: it
-scores 0, as in training, and is ranked after every other example. Exact ties are broken by a fixed hash of
-the example ids.
+(:func:`p3bench.scoring.base.forward_pass`) whose non-padding tokens count as the selection's forward tokens:
+one pass per scoring model (two for ``rho_loss``), whatever its source, and never cached. Training a
+``trained`` model is not a pass over the pool for selection and is not in the forward tokens: its tokens are
+in the round's diagnostics (the model's ``train_tokens``, and ``reference_training_tokens`` when this run
+trained it rather than loading it from the cache). An example whose target is cut off entirely (a prompt of
+``max_length`` tokens or more) has nothing to train on: it scores 0, as in training, and is ranked after every
+other example. Exact ties are broken by a fixed hash of the example ids.
 
 Where the scoring models come from is one option block each (``method.scorer``, and for ``rho_loss``
 ``method.reference``), built by :mod:`p3bench.models.reference`: ``initial`` (the run's model before

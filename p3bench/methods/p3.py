@@ -16,6 +16,13 @@ Each round (every ``reselect_every_n_epochs`` epochs) the method
 4. trains on them with weight 1 (hard self-paced weights) or the soft SPL weights (``pace.weights``,
    Jiang et al. 2014).
 
+A round's forward tokens are the non-padding tokens its models process over the pool: the scoring pass
+(every round when ``difficulty.dynamic``; when static, the first round and any round that reruns it for the
+``policy`` features; none for the ``level`` and ``uniform`` scorers), plus the DPP's sentence embedder (its
+own tokenization after its truncation, special tokens included; 0 for ``tfidf``, and nothing extra for
+``policy``, whose features come from the scoring pass). The pool is embedded once per run, so its tokens count in the first round that runs the DPP, whether
+or not the embedding cache served the vectors (and not again after a resume).
+
 Departures from the paper and its public code (2408.05541's method section and results could not be
 checked; the public code is the reference): the policy embedding is the mean-pooled last hidden state of
 the response (the code's first-token state is degenerate under causal attention), or the packaged MiniLM
@@ -39,7 +46,7 @@ import numpy as np
 
 from p3bench.algorithms.dpp import FILLS, KERNELS, dpp_select
 from p3bench.algorithms.pace import SelfPacedSchedule
-from p3bench.embeddings import build_embedder, cached_embeddings
+from p3bench.embeddings import build_embedder, cached_embeddings_counted
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice, merge_options
@@ -86,7 +93,9 @@ DPP_DEFAULTS: dict[str, Any] = {
 
 
 class P3(SelectionDataModule):
-    """P3 and its ablations: score -> pace -> DPP, once per round. See the module docstring."""
+    """P3 and its ablations: score -> pace -> DPP, once per round. See the module docstring. ``progress``
+    (default on) shows progress bars of the scoring pass, the embedding and the DPP, unless the process-wide
+    switch (the run's root ``progress`` key, :mod:`p3bench.utils.progress`) is off."""
 
     name = "p3"
 
@@ -155,15 +164,22 @@ class P3(SelectionDataModule):
         self.static_scores: list[float] | None = None
         self.lambda0: float | None = None
         self._embeddings: np.ndarray | None = None
+        # whether an earlier round of this run counted the DPP embedder's forward tokens
+        self.embedding_tokens_counted = False
         self._ties: np.ndarray | None = None
 
     # state ---------------------------------------------------------------------------------------------------
     def method_state(self) -> dict[str, Any]:
-        return {"static_scores": self.static_scores, "lambda0": self.lambda0}
+        return {
+            "static_scores": self.static_scores,
+            "lambda0": self.lambda0,
+            "embedding_tokens_counted": self.embedding_tokens_counted,
+        }
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         self.static_scores = state.get("static_scores")
         self.lambda0 = state.get("lambda0")
+        self.embedding_tokens_counted = bool(state.get("embedding_tokens_counted", False))
 
     # the round -------------------------------------------------------------------------------------------------
     def select(self, ctx: SelectionContext) -> Selection:
@@ -287,7 +303,9 @@ class P3(SelectionDataModule):
         return ranked[:k] if self.order == "easiest" else ranked[::-1][:k]
 
     def _features(self, result: ScoreResult) -> tuple[np.ndarray, int]:
-        """Embeddings of the whole pool: the policy's (from this round's pass), or a sentence embedder's."""
+        """Embeddings of the whole pool: the policy's (from this round's pass), or a sentence embedder's,
+        and the forward tokens to add to this round's: the sentence embedder's the first time in the run
+        (the same whether or not the cache served the vectors), else 0."""
         name = self.dpp_cfg["embedder"]
         if name == "policy":
             if result.features is None:
@@ -297,10 +315,12 @@ class P3(SelectionDataModule):
             return np.asarray(result.features, dtype=np.float32), 0
         if self._embeddings is None:
             kwargs = dict(self.dpp_cfg["embedder_kwargs"] or {})
-            if name != "tfidf":  # the model-based embedders show a progress bar
-                kwargs.setdefault("progress", self.progress)
+            kwargs.setdefault("progress", self.progress)
             embedder = build_embedder(name, **kwargs)
-            self._embeddings = cached_embeddings(embedder, self._texts(), self.cache_dir)
+            self._embeddings, tokens = cached_embeddings_counted(embedder, self._texts(), self.cache_dir)
+            if not self.embedding_tokens_counted:
+                self.embedding_tokens_counted = True
+                return self._embeddings, tokens
         return self._embeddings, 0
 
     def _texts(self) -> list[str]:
@@ -332,6 +352,7 @@ class P3(SelectionDataModule):
             fill=cfg["fill"],
             preselected_features=features[conditioned] if conditioned else None,
             preselected_quality=quality[conditioned] if conditioned else None,
+            progress=self.progress,
         )
         chosen = candidates[np.asarray(outcome.indices, dtype=np.int64)]
         topped_up = 0
@@ -392,7 +413,8 @@ class SelfPacedLearning(P3):
 
 class DiversityOnly(P3):
     """One DPP selection over the whole pool (MiniLM embeddings, no quality term), made once before
-    training; no model is involved (the diversity half of P3 as a static baseline)."""
+    training; the model being trained is not involved (the diversity half of P3 as a static baseline), so
+    its forward tokens are the MiniLM embedding's."""
 
     name = "dpp"
     preset: ClassVar[dict[str, Any]] = {

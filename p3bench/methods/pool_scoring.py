@@ -5,7 +5,10 @@ Each sampler reports its per-example score in the sign the paper plots (App. D.1
 "yes" for Ask-LLM, the negated perplexity, the negated maximum in-cluster cosine for SemDeDup, the negated
 cosine to the centroid for Prototypes, the kernel density for Density), so that ``pool_scores`` of two
 samplers can be rank-correlated as in the paper's Figure 7 (``experiments/sachdeva19/sampler_correlations.py``).
-Scores and embeddings go through the on-disk cache, so a sweep computes each once.
+Scores and embeddings go through the on-disk cache, so a sweep computes each once. A selection's forward
+tokens are the non-padding tokens its models process over the pool (a scorer's or embedder's own
+tokenization after truncation, prompt template included), counted whether or not the cache served the
+scores or embeddings: the compute belongs to the method, not to the order in which a sweep ran.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from p3bench.embeddings import build_embedder, cached_embeddings
+from p3bench.embeddings import build_embedder, cached_embeddings_counted
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice
 from p3bench.utils.hashing import id_hash_order
@@ -25,8 +28,9 @@ TEXT_FIELDS = ("prompt", "target", "prompt_and_target")
 
 @dataclass
 class PoolScores:
-    """One score per pool example (in the paper's plotted sign), the forward tokens spent computing them,
-    and what the scoring recorded about itself (model, settings, stand-in provenance)."""
+    """One score per pool example (in the paper's plotted sign), the forward tokens computing them takes
+    (the same whether or not a cache served them), and what the scoring recorded about itself (model,
+    settings, stand-in provenance)."""
 
     values: np.ndarray
     forward_tokens: int = 0
@@ -44,7 +48,12 @@ def example_text(prompt: str, target: str, text_field: str) -> str:
 
 
 class PoolScoringMethod(SelectionDataModule):
-    """A static sampler: :meth:`pool_scores` once, then :meth:`choose` the budget. Subclasses implement both."""
+    """A static sampler: :meth:`pool_scores` once, then :meth:`choose` the budget. Subclasses implement both.
+
+    ``progress`` (default on) shows progress bars of the sampler's long steps (embedding, scoring passes,
+    model training, clustering, sketches; :mod:`p3bench.utils.progress`), unless the process-wide switch
+    (the run's root ``progress`` key) is off.
+    """
 
     name: ClassVar[str] = "pool_scoring"
 
@@ -91,12 +100,12 @@ class PoolScoringMethod(SelectionDataModule):
         order = np.lexsort((self.tie_rank(), -np.asarray(values, dtype=np.float64)))
         return np.sort(order[:k])
 
-    def embeddings(self, embedder: str, embedder_kwargs: dict[str, Any] | None) -> np.ndarray:
-        """Unit-norm embeddings of the pool's texts, through the embedding cache."""
+    def embeddings(self, embedder: str, embedder_kwargs: dict[str, Any] | None) -> tuple[np.ndarray, int]:
+        """Unit-norm embeddings of the pool's texts, through the embedding cache, and the forward tokens
+        embedding them takes (0 for a model-free embedder; the same on a cache hit)."""
         kwargs = dict(embedder_kwargs or {})
-        if embedder != "tfidf":
-            kwargs.setdefault("progress", self.progress)
-        return cached_embeddings(build_embedder(embedder, **kwargs), self.texts(), self.cache_dir)
+        kwargs.setdefault("progress", self.progress)
+        return cached_embeddings_counted(build_embedder(embedder, **kwargs), self.texts(), self.cache_dir)
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:

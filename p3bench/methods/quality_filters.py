@@ -6,6 +6,13 @@ Both score every pool example once with a separate model (not the model being tr
 ``cache_dir/scores`` keyed by the scorer's fingerprint and the pool's texts, so a sweep over budgets and seeds
 scores each pool once per scorer.
 
+A selection's forward tokens are the non-padding tokens the scorer's model processes over the pool: the
+scorer's own tokenization of each text after its truncation, inside the Ask-LLM prompt for Ask-LLM (plus one
+decoder-start token per text for a seq2seq judge), BOS included for perplexity. They are counted whether or
+not the score cache served the scores (the cache sidecar keeps the count; an older sidecar without it is
+recounted with the tokenizer). Training a stand-in is not a pass over the pool for selection and is not in
+the forward tokens; how it was trained (steps, batch size, ...) is in the round's ``scorer.standin``.
+
 Where the scorer comes from (``source``, set for a whole sweep by the top-level ``quality_scorers`` key):
 
 - ``hub``: the paper's families by name, loaded through transformers (``offline=false`` to download, or from
@@ -30,7 +37,7 @@ from p3bench.methods.options import choice, merge_options
 from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod, example_text
 from p3bench.models import standins
 from p3bench.scoring.ask_llm import ASK_LLM_TEMPLATE, MODEL_KINDS, NORMALISATIONS, AskLLMScorer
-from p3bench.scoring.cache import cached_scores
+from p3bench.scoring.cache import CachedScores, cached_scores_counted
 from p3bench.scoring.perplexity import PerplexityScorer
 
 SOURCES = ("standin", "hub")
@@ -90,9 +97,11 @@ class ModelScoredSampler(PoolScoringMethod):
             **extra,
         )
 
-    def cached(self, scorer: Any) -> np.ndarray:
+    def cached(self, scorer: Any) -> CachedScores:
+        """The scorer's scores of the pool through the score cache, with their forward tokens (the same
+        whether or not the cache served them)."""
         folder = None if self.cache_dir is None else Path(self.cache_dir) / "scores"
-        return cached_scores(scorer, self.texts(), folder)
+        return cached_scores_counted(scorer, self.texts(), folder)
 
 
 # -- Ask-LLM ---------------------------------------------------------------------------------------------------
@@ -186,7 +195,8 @@ class AskLLM(ModelScoredSampler):
             offline=bool(self.hub["offline"]) if self.source == "hub" else True,
             progress=self.progress,
         )
-        p_yes = self.cached(scorer)
+        cached = self.cached(scorer)
+        p_yes = cached.scores
         info = {
             "scorer": {
                 "kind": "ask_llm",
@@ -194,10 +204,13 @@ class AskLLM(ModelScoredSampler):
                 "model": path if self.source == "hub" else f"standin:{self.standin['size']}",
                 "normalisation": self.normalisation,
                 "fingerprint": scorer.fingerprint,
+                "scores_from_cache": cached.from_cache,
                 "standin": record,
             }
         }
-        return PoolScores(values=np.log(np.clip(p_yes, 1e-300, 1.0)), info=info)
+        return PoolScores(
+            values=np.log(np.clip(p_yes, 1e-300, 1.0)), forward_tokens=cached.forward_tokens, info=info
+        )
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
         return self.top_k(scores.values, self.budget_size), {}
@@ -293,7 +306,8 @@ class PerplexityFilter(ModelScoredSampler):
             progress=self.progress,
         )
         # a text with no token to predict has no perplexity: rank it last
-        perplexity = np.nan_to_num(self.cached(scorer), nan=np.inf)
+        cached = self.cached(scorer)
+        perplexity = np.nan_to_num(cached.scores, nan=np.inf)
         info = {
             "scorer": {
                 "kind": "perplexity",
@@ -302,11 +316,14 @@ class PerplexityFilter(ModelScoredSampler):
                 "revision": self.hub["revision"] if self.source == "hub" else None,
                 "checkpoint": self.standin["checkpoint"] if self.source == "standin" else None,
                 "fingerprint": scorer.fingerprint,
+                "scores_from_cache": cached.from_cache,
                 "standin": record,
             },
             "band": self.band,
         }
-        return PoolScores(values=-np.asarray(perplexity, dtype=np.float64), info=info)
+        return PoolScores(
+            values=-np.asarray(perplexity, dtype=np.float64), forward_tokens=cached.forward_tokens, info=info
+        )
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
         k, values = self.budget_size, scores.values

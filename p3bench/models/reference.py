@@ -46,6 +46,7 @@ from p3bench.models.collate import EncodedPool, EncodedSubset, TrainCollator
 from p3bench.models.losses import per_example_nll
 from p3bench.models.weights_cache import cached_weights, model_config_dict, tokenizer_digest, weights_digest
 from p3bench.utils.hashing import json_sha256, texts_sha256
+from p3bench.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ def reference_model(
 
     ``base`` is the run's model with its initial weights (never modified). ``trained`` needs the split's
     ``examples`` and their ``encoded`` tokens; its weights are cached under ``cache_dir`` (None: trained
-    every time). ``key`` names the config block in errors (``method.scorer``).
+    every time). ``key`` names the config block in errors (``method.scorer``). ``progress``: a progress bar
+    while a ``trained`` reference trains (see :func:`train_reference`).
     """
     device = torch.device(device)
     if settings.source == "initial":
@@ -301,7 +303,8 @@ def train_reference(
     NLL over each example's target tokens, averaged over the batch); returns what the training recorded.
 
     Batches of ``min(batch_size, n)`` examples come from seeded permutations of the split, one after another;
-    the global RNGs (torch, CUDA) are restored afterwards.
+    the global RNGs (torch, CUDA) are restored afterwards. With ``progress``, a bar counts the steps and shows
+    the last batch's loss (:func:`p3bench.utils.progress.progress_bar`).
     """
     device = torch.device(device)
     n = len(encoded)
@@ -321,16 +324,16 @@ def train_reference(
     tokens = 0
     start = time.perf_counter()
     order = np.empty(0, dtype=np.int64)
-    steps: Any = range(settings.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=f"training reference ({settings.split})", leave=False)
     was_training = model.training
     model.train()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        progress_bar(
+            total=settings.steps, desc=f"training reference ({settings.split})", unit="step", enabled=progress
+        ) as bar,
+    ):
         torch.manual_seed(settings.seed)
-        for _ in steps:
+        for _ in range(settings.steps):
             if len(order) < batch_size:
                 order = np.concatenate([order, rng.permutation(n)])
             take, order = order[:batch_size], order[batch_size:]
@@ -346,6 +349,9 @@ def train_reference(
             scheduler.step()
             losses.append(float(loss.detach()))
             tokens += int(attention_mask.sum())
+            if not bar.disable:
+                bar.set_postfix(loss=losses[-1], refresh=False)
+            bar.update(1)
     model.train(was_training)
     optimizer.zero_grad(set_to_none=True)
     window = max(1, min(20, len(losses) // 5))

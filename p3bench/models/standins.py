@@ -54,6 +54,7 @@ from p3bench.errors import ConfigError
 from p3bench.models.tokenizer import train_local_tokenizer
 from p3bench.utils.hashing import json_sha256, texts_sha256
 from p3bench.utils.io import exclusive_lock, publish_directory
+from p3bench.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -431,12 +432,7 @@ def _update(
 
 def _steps(total: int, progress: bool, description: str) -> Iterator[int]:
     """Steps 1..total, with a progress bar when asked."""
-    steps: Any = range(1, total + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=description, leave=False)
-    yield from steps
+    yield from progress_bar(range(1, total + 1), desc=description, unit="step", enabled=progress)
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

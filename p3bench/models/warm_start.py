@@ -48,6 +48,7 @@ from p3bench.errors import ConfigError
 from p3bench.models.collate import TrainCollator, encode_examples
 from p3bench.models.weights_cache import cached_weights, model_config_dict, tokenizer_digest, weights_digest
 from p3bench.utils.hashing import json_sha256, texts_sha256
+from p3bench.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,13 @@ def warm_start(
     examples: Sequence[Example],
     settings: WarmStartSettings,
     cache_dir: str | Path,
-    progress: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Pre-train the freshly built ``model`` in place on ``examples`` (or load the cached result of the same
     pre-training) and return its provenance: the cache key, steps, first and final train loss, corpus size,
     passes over the corpus, tokens trained on, training seconds and whether the weights came from the
-    cache."""
+    cache. ``progress``: a progress bar over the training steps (:func:`p3bench.utils.progress.progress_bar`,
+    so the process-wide switch, which a run sets from its ``progress`` key, silences it too)."""
     if not examples:
         raise ConfigError("model.warm_start has no documents to pre-train on: the train split is empty")
     texts = [ex.prompt + ex.target for ex in examples]
@@ -173,10 +175,11 @@ def pretrain(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     settings: WarmStartSettings,
-    progress: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` in place with the plain LM objective on every token of ``examples`` (see the module
-    docstring) and return the training record (without the cache key)."""
+    docstring) and return the training record (without the cache key). With ``progress``, a bar counts the
+    steps and shows the last batch's loss."""
     pool = encode_examples(examples, tokenizer)
     # the first token (BOS) is the prompt the collator masks; every later token is a target
     items = [
@@ -194,11 +197,14 @@ def pretrain(
     tokens = 0
     start = time.perf_counter()
     devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with (
+        torch.random.fork_rng(devices=devices),
+        progress_bar(total=settings.steps, desc="warm start", unit="step", enabled=progress) as bar,
+    ):
         torch.manual_seed(settings.seed)
         optimizer, scheduler = _optimizer(model, settings)
         model.train()
-        for step, batch in enumerate(_batches(len(items), settings), start=1):
+        for batch in _batches(len(items), settings):
             inputs = collate([items[i] for i in batch])
             loss = model(
                 input_ids=inputs["input_ids"].to(model.device),
@@ -212,8 +218,9 @@ def pretrain(
             scheduler.step()
             losses.append(loss.item())
             tokens += int(inputs["attention_mask"].sum())
-            if progress and (step % 50 == 0 or step == settings.steps):
-                log.info("warm start: step %d/%d, train loss %.4f", step, settings.steps, losses[-1])
+            if not bar.disable:
+                bar.set_postfix(loss=losses[-1], refresh=False)
+            bar.update(1)
     optimizer.zero_grad(set_to_none=True)
     model.train(was_training)
     tail = max(1, min(20, settings.steps // 10))

@@ -44,6 +44,11 @@ What is computed, and the choices the paper leaves open (each configurable and n
   the kept tokens for tokenizers without offsets), never the template, so the question and options always
   reach the model intact. ``None`` disables truncation. For a causal model a prompt longer than
   ``max_position_embeddings`` is an error that asks for a smaller ``max_text_tokens``.
+- **Forward tokens** (the selection's compute): every prompt token the model reads (template, truncated
+  text and special tokens), plus one decoder-start token per text for a seq2seq model;
+  :meth:`AskLLMScorer.score_texts_counted` sums the attention masks of the pass and
+  :meth:`AskLLMScorer.count_forward_tokens` gives the same number from the tokenizer alone (for scores
+  served by the cache).
 
 The batching, model-loading and fingerprint machinery shared with the perplexity scorer
 (:mod:`p3bench.scoring.perplexity`) lives in :class:`ModelTextScorer` below.
@@ -67,6 +72,7 @@ from p3bench.models.factory import DTYPES
 from p3bench.models.weights_cache import tokenizer_digest, weights_digest
 from p3bench.scoring.base import length_buckets
 from p3bench.scoring.cache import TextScorer
+from p3bench.utils.progress import progress_bar, progress_shown
 
 PAPER = "arXiv 2402.09668"
 
@@ -190,7 +196,7 @@ def load_checkpoint(
     auto_model = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    quiet = not progress and hf_logging.is_progress_bar_enabled()
+    quiet = not progress_shown(progress) and hf_logging.is_progress_bar_enabled()
     if quiet:  # transformers shows its own "Loading weights" bar
         hf_logging.disable_progress_bar()
     try:
@@ -235,7 +241,8 @@ class ModelTextScorer(TextScorer):
         device: where to run; ``None`` keeps the model where it is.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` to cast the model; ``None`` or ``"auto"`` keeps
             its dtype.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar over the texts (:func:`p3bench.utils.progress.progress_bar`: also
+            subject to the process-wide switch).
         model_id: a name for the weights that you vouch for (e.g. ``hub:google/flan-t5-xl@main:<commit>``),
             used in the fingerprint in place of a digest of the weights; ``None`` hashes the state dict
             (once, on first use of the fingerprint).
@@ -285,6 +292,7 @@ class ModelTextScorer(TextScorer):
         self.model_id = model_id
         self._weights: str | None = model_id
         self._tokenizer_digest = tokenizer_digest(tokenizer)
+        self._forward_tokens = 0  # non-padding tokens the model has processed (see score_texts_counted)
 
     # -- identity --
 
@@ -340,25 +348,29 @@ class ModelTextScorer(TextScorer):
         sequences: Sequence[Sequence[int]],
         step: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
         description: str,
+        *,
+        extra_tokens_per_row: int = 0,
     ) -> dict[str, np.ndarray]:
         """``step(input_ids, attention_mask)`` over length-sorted right-padded batches of the (non-empty)
-        sequences; returns each key's per-row values as float64 arrays in input order."""
-        from tqdm.auto import tqdm
-
+        sequences; returns each key's per-row values as float64 arrays in input order. Adds the batches'
+        non-padding tokens (the attention masks' sum, plus ``extra_tokens_per_row`` for tokens ``step``
+        feeds the model besides the inputs, such as a seq2seq decoder's start token) to the scorer's
+        forward-token count."""
         lengths = [len(s) for s in sequences]
         batches = length_buckets(lengths, self.batch_size, self.max_batch_tokens)
         pad_id = self.tokenizer.pad_token_id
         pad_id = int(pad_id) if pad_id is not None else 0  # masked out; any id will do
         device = self.device
 
-        def prepare(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        def prepare(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
             width = max(lengths[i] for i in rows)
             ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, i in enumerate(rows):
                 ids[r, : lengths[i]] = torch.as_tensor(sequences[i], dtype=torch.long)
                 mask[r, : lengths[i]] = 1
-            return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            tokens = int(mask.sum()) + extra_tokens_per_row * len(rows)
+            return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), tokens
 
         out: dict[str, np.ndarray] = {}
         was_training = self.model.training
@@ -367,16 +379,19 @@ class ModelTextScorer(TextScorer):
             with (
                 torch.inference_mode(),
                 ThreadPoolExecutor(max_workers=1) as prefetch,
-                tqdm(total=len(sequences), desc=description, unit="text", disable=not self.progress) as bar,
+                progress_bar(
+                    total=len(sequences), desc=description, unit="text", enabled=self.progress
+                ) as bar,
             ):
                 upcoming = prefetch.submit(prepare, batches[0]) if batches else None
                 for n, rows in enumerate(batches):
-                    ids, mask = upcoming.result()  # type: ignore[union-attr]
+                    ids, mask, tokens = upcoming.result()  # type: ignore[union-attr]
                     if n + 1 < len(batches):
                         upcoming = prefetch.submit(prepare, batches[n + 1])
                     for key, values in step(ids, mask).items():
                         column = out.setdefault(key, np.full(len(sequences), np.nan, dtype=np.float64))
                         column[rows] = values.double().cpu().numpy()
+                    self._forward_tokens += tokens
                     bar.update(len(rows))
         finally:
             self.model.train(was_training)
@@ -385,6 +400,17 @@ class ModelTextScorer(TextScorer):
     @abstractmethod
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """One float64 score per text, in input order."""
+
+    @abstractmethod
+    def model_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids the model reads for each text (template, truncation and special tokens applied)."""
+
+    def score_texts_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """:meth:`score_texts` and the non-padding tokens its pass fed the model (summed attention masks;
+        equal to :meth:`count_forward_tokens`)."""
+        before = self._forward_tokens
+        scores = self.score_texts(texts)
+        return scores, self._forward_tokens - before
 
 
 # -- Ask-LLM -------------------------------------------------------------------------------------------------
@@ -600,12 +626,24 @@ class AskLLMScorer(ModelTextScorer):
             ids.insert(0, int(tokenizer.bos_token_id))
         return ids
 
+    def model_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+        """The encoder (seq2seq) or model (causal) inputs of every text: its prompt, encoded."""
+        return [self.encode(p) for p in self.prompts(texts)]
+
+    def count_forward_tokens(self, texts: Sequence[str]) -> int:
+        """The non-padding tokens scoring ``texts`` feeds the model, from the tokenizer alone: every prompt
+        token (template and truncated text, special tokens included), plus for a seq2seq model the one
+        decoder-start token per text that the decoder reads."""
+        sequences = self.model_inputs(texts)
+        decoder = len(sequences) if self.model_kind == "seq2seq" else 0
+        return sum(len(ids) for ids in sequences) + decoder
+
     # -- scoring --
 
     def answer_log_masses(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """log P(yes) and log P(no) of every text under the full-vocabulary softmax (float64; each is the
         log of the summed probabilities of its answer ids)."""
-        sequences = [self.encode(p) for p in self.prompts(texts)]
+        sequences = self.model_inputs(texts)
         limit = self._max_positions() if self.model_kind == "causal" else None
         if limit is not None:
             for i, ids in enumerate(sequences):
@@ -644,7 +682,12 @@ class AskLLMScorer(ModelTextScorer):
                 "no": torch.logsumexp(log_probs[:, no], dim=-1),
             }
 
-        out = self._run_batches(sequences, step, f"scoring ({self.name})")
+        out = self._run_batches(
+            sequences,
+            step,
+            f"scoring ({self.name})",
+            extra_tokens_per_row=1 if self.model_kind == "seq2seq" else 0,
+        )
         return out["yes"], out["no"]
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:

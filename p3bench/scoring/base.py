@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from p3bench.data.example import Example
 from p3bench.models.collate import EncodedPool, EncodedSubset, TrainCollator
+from p3bench.utils.progress import progress_bar
 
 
 @dataclass
@@ -176,7 +176,8 @@ def forward_pass(
 
     Batches are length-bucketed (and capped at ``max_batch_tokens`` padded tokens); the pass runs under ``torch.inference_mode`` in eval mode and restores the
     module's training mode afterwards. Under torch.distributed each process scores its share and the rows
-    are gathered, so every process returns the same arrays.
+    are gathered, so every process returns the same arrays. With ``progress``, a bar named ``description``
+    counts the examples scored (:func:`p3bench.utils.progress.progress_bar`; rank zero's share).
     """
     positions, _, world = shard(len(items))
     lengths = [items.encoded.num_tokens(items.indices[p], items.max_length) for p in positions]
@@ -197,11 +198,13 @@ def forward_pass(
             return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
         # the next batch is collated in a thread while the model runs on this one (torch releases the GIL)
-        with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as prefetch:
+        with (
+            torch.inference_mode(),
+            ThreadPoolExecutor(max_workers=1) as prefetch,
+            progress_bar(total=len(positions), desc=description, unit="example", enabled=progress) as bar,
+        ):
             upcoming = prefetch.submit(prepare, batches[0]) if batches else None
-            for n, batch_positions in enumerate(
-                tqdm(batches, desc=description, disable=not progress, leave=False)
-            ):
+            for n, batch_positions in enumerate(batches):
                 batch = upcoming.result()
                 if n + 1 < len(batches):
                     upcoming = prefetch.submit(prepare, batches[n + 1])
@@ -214,6 +217,7 @@ def forward_pass(
                     collected.setdefault(key, []).append(value.float().cpu().numpy())
                 tokens += int(batch["attention_mask"].sum())
                 order.extend(positions[p] for p in batch_positions)
+                bar.update(len(batch_positions))
     finally:
         model.train(was_training)
     rows = {}

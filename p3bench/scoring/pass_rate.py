@@ -5,16 +5,18 @@ by the run's evaluator (``module.evaluator``: MATH/GSM8K answer checking; code t
 harness provides a code evaluator), or by an explicit ``checker(generated_text, example) -> bool``.
 Sampling is seeded from the selection round, inside a forked RNG so the training RNG is untouched.
 Forward tokens count each sample's prompt and generated tokens (a cached decoder processes each once).
+With ``progress``, a bar counts the problems scored, and one below it the programs of a batch being run
+when the checker executes code (APPS).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from p3bench.data.example import Example
 from p3bench.eval.answers import check_all
@@ -29,6 +31,7 @@ from p3bench.scoring.base import (
     shard,
     timed,
 )
+from p3bench.utils.progress import progress_bar
 
 
 class PassRateScorer(Scorer):
@@ -85,11 +88,18 @@ class PassRateScorer(Scorer):
             local = {p: n for n, p in enumerate(positions)}
             devices = [device] if device.type == "cuda" else []
             try:
-                with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                with (
+                    torch.random.fork_rng(devices=devices),
+                    torch.inference_mode(),
+                    progress_bar(
+                        total=len(positions),
+                        desc="scoring (pass rate)",
+                        unit="problem",
+                        enabled=self.progress,
+                    ) as bar,
+                ):
                     torch.manual_seed(call_seed)
-                    for batch_positions in tqdm(
-                        batches, desc="scoring (pass rate)", disable=not self.progress, leave=False
-                    ):
+                    for batch_positions in batches:
                         pool_indices = [items.indices[positions[b]] for b in batch_positions]
                         batch = collate(
                             [{"index": i, "prompt_ids": items.encoded.prompt_ids[i]} for i in pool_indices]
@@ -115,10 +125,11 @@ class PassRateScorer(Scorer):
                             for n, i in enumerate(pool_indices)
                             for t in texts[n * self.k : (n + 1) * self.k]
                         ]
-                        verdicts = check_all(checker, pairs)
+                        verdicts = check_verdicts(checker, pairs, self.progress)
                         for n in range(len(pool_indices)):
                             hits = sum(verdicts[n * self.k : (n + 1) * self.k])
                             correct[local[positions[batch_positions[n]]]] = hits / self.k
+                        bar.update(len(batch_positions))
             finally:
                 model.train(was_training)
             rows = gather_rows(positions, {"score": correct}, len(items), world)
@@ -133,6 +144,22 @@ class PassRateScorer(Scorer):
             )
 
         return timed(run)
+
+
+def check_verdicts(
+    checker: Callable[[str, Example], bool], pairs: list[tuple[str, Example]], progress: bool
+) -> list[bool]:
+    """The checker's verdicts on ``pairs`` (:func:`~p3bench.eval.answers.check_all`). A checker whose batch
+    form takes ``progress`` (the APPS evaluator, which runs every program in a sandbox) shows a bar over the
+    programs of the batch when a check takes a while."""
+    batch = getattr(checker, "batch", None)
+    try:
+        takes_progress = batch is not None and "progress" in inspect.signature(batch).parameters
+    except (TypeError, ValueError):  # a callable without an inspectable signature
+        takes_progress = False
+    if takes_progress:
+        return [bool(v) for v in batch(pairs, progress=progress)]
+    return check_all(checker, pairs)
 
 
 def generated_token_count(generated: torch.Tensor, tokenizer: Any) -> int:

@@ -19,6 +19,9 @@ What is computed:
   which sorts last under ``np.argsort`` and is never among the kept lowest-perplexity documents.
 - Rows are right-padded in length-sorted batches; a causal model never attends to the padding that
   follows a token, so a batch gives the scores of one text at a time (up to float rounding).
+- Forward tokens (the selection's compute) are the inputs of every text that is run (two tokens or more),
+  BOS included: the attention masks' sum in :meth:`PerplexityScorer.score_texts_counted`, the same number
+  from the tokenizer alone in :meth:`PerplexityScorer.count_forward_tokens`.
 - Causal LMs only. How the paper computed the perplexity of an encoder-decoder T5 (which input/target split,
   which truncation) is not reported, so a seq2seq proxy is refused with a one-line error.
 
@@ -147,9 +150,19 @@ class PerplexityScorer(ModelTextScorer):
             ids.insert(0, int(self.bos_token_id))
         return ids[: self.max_tokens]
 
+    def model_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+        """The model inputs of every text (:meth:`encode`); those shorter than two tokens are not run."""
+        return [self.encode(text) for text in texts]
+
+    def count_forward_tokens(self, texts: Sequence[str]) -> int:
+        """The non-padding tokens scoring ``texts`` feeds the model, from the tokenizer alone: the inputs
+        (BOS included, cut to ``max_tokens``) of every text with at least two of them (a shorter one has
+        nothing to predict and is not run)."""
+        return sum(len(ids) for ids in self.model_inputs(texts) if len(ids) >= 2)
+
     def score_texts_detailed(self, texts: Sequence[str]) -> PerplexityResult:
         """Mean NLL, perplexity and predicted-token count of every text (float64 / int64, input order)."""
-        sequences = [self.encode(text) for text in texts]
+        sequences = self.model_inputs(texts)
         scored = [i for i, ids in enumerate(sequences) if len(ids) >= 2]
         total = np.zeros(len(sequences), dtype=np.float64)
         count = np.zeros(len(sequences), dtype=np.int64)
