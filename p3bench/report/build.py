@@ -1,0 +1,387 @@
+"""``p3bench report``: from run directories to a CSV of every run, a Markdown summary, plots and selection
+diagnostics. The same :func:`build_report` serves the command line and the analysis notebook."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p3bench.report import diagnostics
+from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
+from p3bench.report.runs import RUN_ELSEWHERE, RunRecord, load_runs
+from p3bench.results import summary_metrics
+from p3bench.utils.io import atomic_write_text
+
+CSV_NAME = "runs.csv"
+SUMMARY_NAME = "summary.md"
+IDENTITY_COLUMNS = ["run_dir", "status", "problem", "experiment", "dataset", "method", "budget", "seed"]
+
+
+@dataclass
+class Report:
+    """What a report read and wrote: every run record, the aggregated sections, the Markdown summary, and
+    the written files by name (``runs.csv``, ``summary.md`` and, per section, each figure's PNG and SVG)."""
+
+    runs: list[RunRecord]
+    sections: list[Section]
+    markdown: str
+    out_dir: Path
+    files: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[RunRecord]:
+        """Runs that did not finish (failed, unfinished, corrupt, never started), not counting sweep jobs
+        that finished in another given directory."""
+        return [r for r in self.runs if not r.ok and r.status != RUN_ELSEWHERE]
+
+    def figures(self, kind: str | None = None) -> list[Path]:
+        """The PNG figures written, optionally only those of one kind (``quality_vs_fraction``, ...)."""
+        return [
+            p
+            for name, paths in self.files.items()
+            for p in paths
+            if p.suffix == ".png" and (kind is None or kind in name)
+        ]
+
+
+def build_report(
+    paths: list[str | Path], out_dir: str | Path, metric: str | None = None, make_plots: bool = True
+) -> Report:
+    """Read every run under ``paths``, aggregate over seeds and write the report into ``out_dir``."""
+    records = load_runs(paths)
+    sections = group_runs(records, metric)
+    out = Path(out_dir)
+    files: dict[str, list[Path]] = {
+        CSV_NAME: [atomic_write_text(out / CSV_NAME, runs_csv(records))],
+    }
+    if make_plots:
+        for section in sections:
+            files.update(section_figures(section, out / "figures" / section.slug))
+    markdown = summary_markdown(records, sections, paths, files, out)
+    files[SUMMARY_NAME] = [atomic_write_text(out / SUMMARY_NAME, markdown)]
+    return Report(records, sections, markdown, out, files)
+
+
+# --- the CSV of all runs -------------------------------------------------------------------------------------
+def run_row(record: RunRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_dir": str(record.path),
+        "status": record.status,
+        "problem": record.problem or "",
+        "experiment": record.experiment,
+        "dataset": record.dataset,
+        "method": record.method,
+        "budget": record.budget,
+        "seed": record.seed,
+    }
+    if record.ok and record.results is not None:
+        row["budget_label"] = record.budget_label
+        row.update(summary_metrics(record.results))
+        row["ids_sha256"] = record.results["selection"].get("ids_sha256")
+        row.update({k: v for k, v in record.results["metrics"].items()})
+    return row
+
+
+def runs_csv(records: list[RunRecord]) -> str:
+    rows = [run_row(r) for r in records]
+    columns = list(IDENTITY_COLUMNS)
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# --- the Markdown summary ------------------------------------------------------------------------------------
+METRIC_LABELS = {
+    "test/accuracy": "Test accuracy (fraction of problems solved)",
+    "test/perplexity": "Held-out perplexity (exp of mean NLL per token)",
+    "val/loss": "Validation loss (nats/token)",
+    "val/perplexity": "Validation perplexity (exp of mean NLL per token)",
+    "train/loss": "Training loss (nats/token)",
+}
+
+
+def metric_label(name: str) -> str:
+    """An axis label with units for a metric of results.json."""
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    if name.startswith("test/accuracy_level_"):
+        return f"Test accuracy, level {name.rsplit('_', 1)[-1]} (fraction solved)"
+    return name
+
+
+def metric_title(name: str, higher: bool) -> str:
+    return f"{name} ({'higher' if higher else 'lower'} is better)"
+
+
+def quality_table(section: Section) -> list[str]:
+    budgets = section.budgets
+    header = (
+        "| method | " + " | ".join(f"budget {b}" if b != WHOLE_POOL else "whole pool" for b in budgets) + " |"
+    )
+    lines = [header, "|---" * (len(budgets) + 1) + "|"]
+    best = {b: section.best_in_column(b) for b in budgets}
+    digits = 2 if "perplexity" in section.metric else 3
+    for method in section.methods:
+        cells = []
+        for budget in budgets:
+            group = section.group(method, budget)
+            text = "" if group is None else group.metric(section.metric).format(digits)
+            cells.append(f"**{text}**" if method in best[budget] else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def mean_of(group: Group, key: str) -> float:
+    values = group.per_seed(lambda r: summary_metrics(r.results).get(key))
+    return statistics.fmean(values) if values else math.nan
+
+
+def details_table(section: Section) -> list[str]:
+    defects = diagnostics.planted_kinds(section)
+    header = [
+        "method",
+        "budget",
+        "seeds",
+        "data fraction",
+        "train tokens",
+        "selection tokens",
+        "total compute",
+    ]
+    header += ["time (s)"] + [f"trained on {d} (%)" for d in defects]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for group in section.groups:
+        shares = diagnostics.defect_shares(group)
+        cells = [
+            group.method,
+            group.budget,
+            ", ".join(str(s) for s in group.seeds),
+            f"{mean_of(group, 'data_fraction'):.3f}",
+            tokens(mean_of(group, "train_tokens")),
+            tokens(mean_of(group, "selection_forward_tokens")),
+            tokens(mean_of(group, "total_compute_tokens")),
+            f"{mean_of(group, 'seconds_total'):.0f}",
+        ] + [f"{100 * shares[d]:.1f}" if d in shares else "-" for d in defects]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def tokens(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def problems_table(records: list[RunRecord]) -> list[str]:
+    bad = [r for r in records if not r.ok and r.status != RUN_ELSEWHERE]
+    elsewhere: dict[Path, int] = {}
+    for r in records:
+        if r.status == RUN_ELSEWHERE:
+            elsewhere[r.path.parent] = elsewhere.get(r.path.parent, 0) + 1
+    lines = [] if bad else ["Every run finished."]
+    if bad:
+        lines = ["| run | status | method | budget | seed | reason |", "|---|---|---|---|---|---|"]
+    for r in bad:
+        reason = (r.problem or "").replace("|", "\\|")
+        lines.append(f"| {r.path} | {r.status} | {r.method} | {r.budget} | {r.seed} | {reason} |")
+    for sweep, count in elsewhere.items():
+        lines += [
+            "",
+            f"{count} jobs of the sweep {sweep} never started there; a run with the same experiment, dataset, "
+            "method, budget and seed finished in another given directory (each is a row of runs.csv).",
+        ]
+    return lines
+
+
+def summary_markdown(
+    records: list[RunRecord],
+    sections: list[Section],
+    paths: list[str | Path],
+    files: dict[str, list[Path]],
+    out: Path,
+) -> str:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines = [
+        "# p3bench report",
+        "",
+        f"{len(records)} runs ({status or 'none'}) from {', '.join(str(p) for p in paths)}.",
+        "Cells: mean ± sample standard deviation over seeds (n = seeds; repeats of a seed are averaged); "
+        "the best mean of each column is in bold.",
+    ]
+    for section in sections:
+        lines += ["", f"## {section.title}: {metric_title(section.metric, section.higher_is_better)}", ""]
+        lines += quality_table(section)
+        lines += [
+            "",
+            "Data fraction (distinct examples trained on over all rounds / pool), compute (tokens: training, "
+            "selection forward passes, their total), time, and the share of training on planted defects:",
+            "",
+        ]
+        lines += details_table(section)
+        figures = [p for name, ps in files.items() if name.startswith(section.slug + "/") for p in ps]
+        pngs = [p for p in figures if p.suffix == ".png"]
+        if pngs:
+            lines += ["", "Figures: " + ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in pngs)]
+    lines += ["", "## Failed, unfinished and missing runs", ""] + problems_table(records)
+    return "\n".join(lines) + "\n"
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+def section_figures(section: Section, folder: Path) -> dict[str, list[Path]]:
+    """Every figure of one section, keyed ``<section slug>/<figure>``."""
+    from p3bench.report import plots  # matplotlib only when plotting
+
+    written: dict[str, list[Path]] = {}
+
+    def add(name: str, paths: list[Path]) -> None:
+        if paths:
+            written[f"{section.slug}/{name}"] = paths
+
+    label = metric_label(section.metric)
+    styles = plots.method_styles(section.methods)  # one colour and marker per method in every figure
+    points = []
+    for g in section.groups:
+        quality = g.metric(section.metric)
+        fraction = mean_of(g, "data_fraction")
+        compute = g.stat(lambda r: summary_metrics(r.results).get("total_compute_tokens"))
+        points.append((g, quality, fraction, compute))
+    add(
+        "quality_vs_fraction",
+        plots.plot_quality_vs_fraction(
+            [
+                {"method": g.method, "fraction": f, "quality": q.mean, "quality_sd": q.sd, "n": q.n}
+                for g, q, f, _ in points
+                if q.n
+            ],
+            metric_label=label,
+            higher_is_better=section.higher_is_better,
+            stem=folder / "quality_vs_fraction",
+            styles=styles,
+            title=section.title,
+        ),
+    )
+    add(
+        "quality_vs_compute",
+        plots.plot_quality_vs_compute(
+            [
+                {
+                    "method": g.method,
+                    "budget": g.budget,
+                    "compute": c.mean,
+                    "compute_sd": c.sd,
+                    "quality": q.mean,
+                    "quality_sd": q.sd,
+                    "n": q.n,
+                }
+                for g, q, _, c in points
+                if q.n and c.n
+            ],
+            metric_label=label,
+            higher_is_better=section.higher_is_better,
+            stem=folder / "quality_vs_compute",
+            styles=styles,
+            title=section.title,
+        ),
+    )
+    curves = [c for c in (mean_curve(g) for g in section.groups) if c is not None]
+    add(
+        "learning_curves",
+        plots.plot_learning_curves(
+            curves, stem=folder / "learning_curves", title=section.title, styles=styles
+        ),
+    )
+
+    kind = diagnostics.category_kind(section)
+    for budget in section.budgets:
+        groups = [g for g in section.groups if g.budget == budget]
+        if kind is not None and budget != WHOLE_POOL:
+            shares = {g.method: diagnostics.selected_shares(g, kind) for g in groups}
+            add(
+                f"selected_by_{kind}_b{budget}",
+                plots.plot_level_histograms(
+                    {m: s for m, s in shares.items() if s},
+                    stem=folder / f"selected_by_{kind}_b{budget}",
+                    category_label=diagnostics.CATEGORY_LABELS[kind],
+                    reference=diagnostics.pool_shares(section, kind),
+                    styles=styles,
+                    title=f"{section.title}, budget {budget}",
+                ),
+            )
+        dynamic = [g for g in groups if diagnostics.is_dynamic(g)]
+        if kind is not None and dynamic:
+            add(
+                f"rounds_by_{kind}_b{budget}",
+                plots.plot_round_histograms(
+                    {g.method: diagnostics.round_counts(g, kind) for g in dynamic},
+                    stem=folder / f"rounds_by_{kind}_b{budget}",
+                    category_label=diagnostics.CATEGORY_LABELS[kind],
+                    title=f"{section.title}, budget {budget}",
+                ),
+            )
+        if len(groups) >= 2 and budget != WHOLE_POOL:
+            add(
+                f"overlap_b{budget}",
+                plots.plot_overlap(
+                    diagnostics.overlap_matrix(groups),
+                    [g.method for g in groups],
+                    stem=folder / f"overlap_b{budget}",
+                    title=f"{section.title}, budget {budget}",
+                ),
+            )
+    kinds = diagnostics.planted_kinds(section)
+    defects = {
+        g.label: {k: v for k, v in diagnostics.defect_shares(g).items() if k in kinds} for g in section.groups
+    }
+    defects = {k: v for k, v in defects.items() if v}
+    if defects:
+        pool = diagnostics.pool_defect_shares(section)
+        add(
+            "planted_defects",
+            plots.plot_defect_shares(
+                defects,
+                stem=folder / "planted_defects",
+                pool={k: v for k, v in pool.items() if k in kinds} if pool else None,
+                title=section.title,
+                styles=styles,
+            ),
+        )
+    return written
+
+
+def mean_curve(group: Group) -> dict[str, Any] | None:
+    """The group's validation-loss curve: mean and standard deviation over seeds at the steps every seed
+    logged (None when no run of the group has a CSV log)."""
+    curves = [r.curve for r in group.runs if r.curve]
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
+    if not steps:
+        return None
+    values = [[dict(zip(c["step"], c["val_loss"], strict=True))[s] for c in curves] for s in steps]
+    return {
+        "label": group.label,
+        "x": steps,
+        "y": [statistics.fmean(v) for v in values],
+        "y_sd": [statistics.stdev(v) if len(v) > 1 else math.nan for v in values]
+        if len(curves) > 1
+        else None,
+    }
+
+
+def default_out_dir(paths: list[str | Path]) -> Path:
+    """``<DIR>/report`` for one directory, else ``./report``."""
+    return Path(paths[0]) / "report" if len(paths) == 1 else Path("report")

@@ -1,0 +1,54 @@
+"""``p3bench report DIR... [--out OUT] [--metric NAME] [--no-plots]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from p3bench.report.build import build_report, default_out_dir
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="p3bench report",
+        description="Aggregate run directories (single runs, multiruns, or folders of them) over seeds: a CSV of "
+        "every run, a Markdown summary (methods x budgets, best per column, failed and missing runs), plots "
+        "and selection diagnostics.",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="run, multirun or any directories holding them")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write (default: DIR/report for one DIR)"
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="metric to compare (a key of results.json metrics, e.g. val/loss); default: test accuracy, or "
+        "held-out perplexity on language-modelling data",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write the CSV and the summary only")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = args.out if args.out is not None else default_out_dir(args.dirs)
+    try:
+        report = build_report(args.dirs, out, metric=args.metric, make_plots=not args.no_plots)
+    except FileNotFoundError as exc:
+        print(f"p3bench report: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    print(f"report written to {report.out_dir}:")
+    for name in ("runs.csv", "summary.md"):
+        print(f"  {name}: {report.files[name][0]}")
+    folders: dict[Path, list[str]] = {}
+    for name, paths in report.files.items():
+        if name not in ("runs.csv", "summary.md"):
+            folders.setdefault(paths[0].parent, []).append(paths[0].stem)
+    for folder, stems in folders.items():
+        print(f"  figures (.png and .svg) in {folder}: {', '.join(stems)}")
+    if not report.sections:
+        print("no finished run found", file=sys.stderr)
+        return 1
+    return 0

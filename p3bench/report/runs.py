@@ -1,0 +1,266 @@
+"""Find and read run directories: finished runs, and the failed, unfinished, corrupt and never-started ones,
+each with the reason, so that a report lists every run it was given and drops none silently."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from p3bench.results import RESULTS_FILE, SELECTION_FILE
+
+OK, FAILED, UNFINISHED, CORRUPT, NOT_STARTED = "ok", "failed", "unfinished", "corrupt", "not started"
+#: a sweep's job that never started there, whose settings finished in another given directory
+RUN_ELSEWHERE = "run elsewhere"
+REQUIRED_KEYS = ("run", "selection", "metrics", "compute")
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+METRICS_CSV = Path("csv") / "metrics.csv"
+
+
+@dataclass
+class RunRecord:
+    """One run directory: its identity (from results.json, else from the config Hydra saved when the job
+    started, else from the sweep's overrides), its status, why it is not ``ok``, and its results."""
+
+    path: Path
+    status: str
+    problem: str | None = None
+    results: dict[str, Any] | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def experiment(self) -> str:
+        return str(self.identity.get("experiment", "?"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.identity.get("dataset", "?"))
+
+    @property
+    def method(self) -> str:
+        return str(self.identity.get("method", "?"))
+
+    @property
+    def budget(self) -> Any:
+        return self.identity.get("budget", "?")
+
+    @property
+    def seed(self) -> Any:
+        return self.identity.get("seed", "?")
+
+    @property
+    def whole_pool(self) -> bool:
+        """Trains on the whole pool whatever the budget (full, irdro, midranking, or a budget of 1.0)."""
+        if self.results is None:
+            return False
+        selection = self.results["selection"]
+        return selection.get("budget_size") == selection.get("pool_size")
+
+    @property
+    def budget_label(self) -> str:
+        """The column a run is reported in: its budget as given, or ``all`` when it trains on the whole pool."""
+        return "all" if self.whole_pool else str(self.budget)
+
+    @cached_property
+    def selected_ids(self) -> frozenset[str]:
+        """The distinct ids the run trained on over all its rounds (from selection.jsonl)."""
+        path = self.path / SELECTION_FILE
+        if not path.is_file():
+            return frozenset()
+        with path.open(encoding="utf-8") as handle:
+            return frozenset(json.loads(line)["id"] for line in handle if line.strip())
+
+    @cached_property
+    def curve(self) -> dict[str, list[float]]:
+        """The validation-loss curve logged by the CSV logger: ``{"step": [...], "val_loss": [...]}``, and
+        ``train_tokens`` at those steps when logged; empty when the run had no CSV logger."""
+        return read_val_curve(self.path / METRICS_CSV)
+
+
+def read_val_curve(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    steps: list[float] = []
+    losses: list[float] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = row.get("val/loss") or ""
+            if value and row.get("step"):
+                steps.append(float(row["step"]))
+                losses.append(float(value))
+    return {"step": steps, "val_loss": losses} if steps else {}
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """``root`` itself when it is a run directory, else every run directory below it (sorted)."""
+    if is_run_dir(root):
+        return [root]
+    found = {p.parent for p in root.rglob(RESULTS_FILE)} | {
+        p.parent.parent for p in root.rglob(str(HYDRA_CONFIG))
+    }
+    # a directory holding a multirun's jobs is not itself a run (Hydra writes .hydra only in job directories)
+    return sorted(p for p in found if is_run_dir(p) and "wandb" not in p.relative_to(root).parts)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RESULTS_FILE).is_file() or (path / HYDRA_CONFIG).is_file()
+
+
+def load_run(path: Path) -> RunRecord:
+    """Read one run directory into a :class:`RunRecord`; never raises for a bad or missing results file."""
+    identity = identity_from_hydra_config(path)
+    results_path = path / RESULTS_FILE
+    if not results_path.is_file():
+        error = last_error_line(path / "run.log")
+        if error:
+            return RunRecord(path, FAILED, error, identity=identity)
+        return RunRecord(
+            path,
+            UNFINISHED,
+            "no results.json: the run failed, was interrupted or is still running",
+            None,
+            identity,
+        )
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return RunRecord(path, CORRUPT, f"results.json is not valid JSON ({exc})", identity=identity)
+    missing = [key for key in REQUIRED_KEYS if not isinstance(results, dict) or key not in results]
+    if missing:
+        return RunRecord(path, CORRUPT, f"results.json lacks {', '.join(missing)}", identity=identity)
+    if results.get("status") != OK:
+        return RunRecord(
+            path, FAILED, f"results.json has status {results.get('status')!r}", results, identity
+        )
+    run = results["run"]
+    identity = {
+        key: run.get(key, identity.get(key)) for key in ("experiment", "dataset", "method", "budget", "seed")
+    }
+    return RunRecord(path, OK, None, results, identity)
+
+
+def identity_from_hydra_config(path: Path) -> dict[str, Any]:
+    """Experiment, dataset, method, budget and seed from the composed config Hydra saved at job start."""
+    config_path = path / HYDRA_CONFIG
+    if not config_path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {
+        "experiment": config.get("experiment_name"),
+        "dataset": (config.get("dataset") or {}).get("name"),
+        "method": (config.get("method") or {}).get("name"),
+        "budget": config.get("budget"),
+        "seed": config.get("seed"),
+    }
+
+
+def last_error_line(log_path: Path) -> str | None:
+    """The last line of ``run.log`` that reports an error, if any."""
+    if not log_path.is_file():
+        return None
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "[ERROR]" in line or "Error:" in line or "error:" in line:
+            return line.strip()[:300]
+    return None
+
+
+def not_started_jobs(root: Path, found: list[Path]) -> list[RunRecord]:
+    """Jobs of the multirun at ``root`` (from its multirun.yaml) that have no directory: never started, or
+    the sweep stopped before them. Empty when ``root`` is not a multirun or its sweep cannot be expanded."""
+    sweep_file = root / "multirun.yaml"
+    if not sweep_file.is_file():
+        return []
+    try:
+        sweep = yaml.safe_load(sweep_file.read_text(encoding="utf-8"))
+        jobs = expand_sweep(sweep)
+    except Exception:  # an unreadable sweep definition must not stop the report of the runs that exist
+        return []
+    started = {p.name.split("_", 1)[0] for p in found if p.parent == root}
+    records = []
+    for number, overrides in enumerate(jobs):
+        if str(number) in started:
+            continue
+        values = {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
+        identity = {
+            "experiment": values.get("experiment_name", sweep.get("experiment_name", "?")),
+            "dataset": values.get("dataset", (sweep.get("dataset") or {}).get("name", "?")),
+            "method": values.get("method", (sweep.get("method") or {}).get("name", "?")),
+            "budget": parse_number(values.get("budget", sweep.get("budget", "?"))),
+            "seed": parse_number(values.get("seed", sweep.get("seed", "?"))),
+        }
+        problem = f"job {number} ({' '.join(overrides)}) has no run directory: never started"
+        records.append(RunRecord(root / f"{number}_(not started)", NOT_STARTED, problem, identity=identity))
+    return records
+
+
+def expand_sweep(multirun: dict[str, Any]) -> list[list[str]]:
+    """The override list of every job of a Hydra multirun, in job-number order, as the basic sweeper
+    expands the command-line and ``hydra.sweeper.params`` sweeps (Hydra 1.3)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = multirun["hydra"]
+    params = (hydra_cfg.get("sweeper") or {}).get("params") or {}
+    overrides = [f"{k}={v}" for k, v in params.items()] + list(hydra_cfg["overrides"]["task"])
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def parse_number(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            number = cast(value)
+        except (TypeError, ValueError):
+            continue
+        return number if not (isinstance(number, float) and math.isnan(number)) else value
+    return value
+
+
+def load_runs(paths: list[str | Path]) -> list[RunRecord]:
+    """Every run under ``paths`` (run directories, multirun directories or any folder holding them), with
+    the multiruns' never-started jobs; a path that does not exist is an error."""
+    records: list[RunRecord] = []
+    seen: set[Path] = set()
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise FileNotFoundError(
+                f"run directory {str(given)!r} does not exist: expected a run or sweep directory"
+            )
+        run_dirs = [p for p in find_run_dirs(root) if p.resolve() not in seen]
+        seen.update(p.resolve() for p in run_dirs)
+        records.extend(load_run(p) for p in run_dirs)
+        for sweep_file in sorted([root / "multirun.yaml", *root.rglob("multirun.yaml")]):
+            if sweep_file.is_file() and sweep_file.parent.resolve() not in seen:
+                seen.add(sweep_file.parent.resolve())
+                records.extend(not_started_jobs(sweep_file.parent, run_dirs))
+    finished = {settings_key(r): r.path for r in records if r.ok}
+    for record in records:
+        if record.status == NOT_STARTED and settings_key(record) in finished:
+            record.status = RUN_ELSEWHERE
+            record.problem = f"{record.problem}; finished in {finished[settings_key(record)]}"
+    return records
+
+
+def settings_key(record: RunRecord) -> tuple[str, ...]:
+    return tuple(str(record.identity.get(k)) for k in ("experiment", "dataset", "method", "budget", "seed"))
