@@ -153,9 +153,11 @@ def trained_defect_shares(results: dict[str, Any]) -> dict[str, float]:
     copies (datasets with oracle fields only; a dynamic method's example counts once per round it is in).
     Runs written before rounds recorded their composition fall back to the distinct selected examples."""
     selection = results.get("selection", {})
-    parts = [r["composition"] for r in selection.get("rounds", []) if "composition" in r]
+    parts = [
+        r["composition"] for r in selection.get("rounds") or [] if isinstance(r.get("composition"), dict)
+    ]
     if not parts:
-        parts = [selection["composition"]] if "composition" in selection else []
+        parts = [selection["composition"]] if isinstance(selection.get("composition"), dict) else []
     total = sum(p.get("n", 0) for p in parts)
     if not total or not all("noisy" in p for p in parts):
         return {}
@@ -171,7 +173,8 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
     report columns): quality and its metric, data fraction, compute, time, and planted-defect shares."""
     metrics, selection, compute = results["metrics"], results["selection"], results["compute"]
     name, higher = quality_metric(results)
-    seconds = compute.get("seconds", {})
+    seconds = compute.get("seconds") or {}
+    train_tokens, selection_tokens = compute.get("train_tokens"), compute.get("selection_forward_tokens")
     summary: dict[str, Any] = {
         "quality": metrics.get(name),
         "quality_metric": name,
@@ -182,11 +185,12 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
         "data_fraction": selection.get("fraction"),
         "n_selected": selection.get("n_selected"),
         "pool_size": selection.get("pool_size"),
-        "rounds": len(selection.get("rounds", [])),
+        "rounds": len(selection.get("rounds") or []),
         "train_tokens": compute.get("train_tokens"),
         "selection_forward_tokens": compute.get("selection_forward_tokens"),
-        "total_compute_tokens": (compute.get("train_tokens") or 0)
-        + (compute.get("selection_forward_tokens") or 0),
+        "total_compute_tokens": None
+        if train_tokens is None and selection_tokens is None
+        else (train_tokens or 0) + (selection_tokens or 0),
         "optimizer_steps": compute.get("optimizer_steps"),
         "seconds_total": seconds.get("total"),
         "seconds_selection": seconds.get("selection"),

@@ -17,7 +17,16 @@ import pytest
 from p3bench.report import build_report, load_runs
 from p3bench.report.aggregate import Group, Section, Stat, group_runs, stat
 from p3bench.report.diagnostics import jaccard, overlap_matrix
-from p3bench.report.runs import CORRUPT, FAILED, NOT_STARTED, OK, UNFINISHED, RunRecord, expand_sweep
+from p3bench.report.runs import (
+    CORRUPT,
+    FAILED,
+    NOT_STARTED,
+    OK,
+    RUN_ELSEWHERE,
+    UNFINISHED,
+    RunRecord,
+    expand_sweep,
+)
 from tests.conftest import read_results
 
 pytestmark = pytest.mark.slow
@@ -244,3 +253,94 @@ def test_repeats_of_a_seed_are_averaged_before_the_spread():
 def test_best_of_a_column(means: dict[str, float], higher: bool, marked: set[str]):
     groups = [Group("e", "d", m, "0.5", [fake_run(m, 0, v)]) for m, v in means.items()]
     assert Section("e", "d", "m", higher, groups).best_in_column("0.5") == marked
+
+
+# --- runs that must not be averaged together, reruns, damaged side files ------------------------------------
+def edit_results(run_dir: Path, change) -> None:
+    path = run_dir / "results.json"
+    results = json.loads(path.read_text())
+    change(results)
+    path.write_text(json.dumps(results))
+
+
+def test_runs_with_other_settings_are_not_averaged_together(tiny_sweep: Path, tmp_path: Path):
+    shutil.copytree(tiny_sweep, tmp_path / "a")
+    shutil.copytree(tiny_sweep, tmp_path / "b")
+    for overrides in (tmp_path / "b").glob("*/.hydra/overrides.yaml"):
+        overrides.write_text(overrides.read_text().replace("trainer.max_epochs=3", "trainer.max_epochs=4"))
+    for run_dir in (tmp_path / "b").glob("*_random_*"):  # another model for random: a section of its own
+        edit_results(run_dir, lambda r: r["run"].update(model="other"))
+    report = build_report(
+        [tmp_path / "a", tmp_path / "b"], tmp_path / "report", metric="val/loss", make_plots=False
+    )
+    by_model = {s.model: s for s in report.sections}
+    assert sorted(by_model) == ["other", "tiny"]
+    tiny = by_model["tiny"]
+    assert tiny.methods == [
+        "p3_no_dpp [trainer.max_epochs=3]",
+        "p3_no_dpp [trainer.max_epochs=4]",
+        "random [trainer.max_epochs=3]",
+    ]
+    assert all(g.metric("val/loss").n == 2 for g in tiny.groups)
+    assert by_model["other"].methods == ["random"]  # one variant there: no label needed
+
+
+def test_jobs_finished_in_another_directory_are_not_problems(tiny_sweep: Path, tmp_path: Path):
+    shutil.copytree(tiny_sweep, tmp_path / "sweep")
+    (rerun,) = (tmp_path / "sweep").glob("7_*")
+    shutil.move(rerun, tmp_path / "rerun")
+    (unfinished,) = (tmp_path / "sweep").glob("6_*")
+    shutil.copytree(unfinished, tmp_path / "rerun6")
+    (unfinished / "results.json").unlink()
+    report = build_report(
+        [tmp_path / "sweep", tmp_path / "rerun", tmp_path / "rerun6"], tmp_path / "out", make_plots=False
+    )
+    (elsewhere,) = [r for r in report.runs if r.status == RUN_ELSEWHERE]
+    assert (elsewhere.method, elsewhere.budget, elsewhere.seed) == ("p3_no_dpp", 0.6, 1)
+    assert "finished in" in elsewhere.problem and str(tmp_path / "rerun") in elsewhere.problem
+    (still,) = [r for r in report.runs if r.status == UNFINISHED]
+    assert str(tmp_path / "rerun6") in still.problem  # listed, with where its settings finished
+    assert "1 jobs of the sweep" in report.markdown and elsewhere not in report.problems
+    assert report.sections[0].group("p3_no_dpp", "0.6").metric("val/loss").n == 2
+
+
+def test_damaged_side_files_and_missing_optional_fields_do_not_crash(tiny_sweep: Path, tmp_path: Path):
+    shutil.copytree(tiny_sweep, tmp_path / "sweep")
+    runs = {p.name.split("_", 1)[0]: p for p in (tmp_path / "sweep").iterdir() if p.is_dir()}
+    metrics_csv = runs["0"] / "csv" / "metrics.csv"
+    metrics_csv.write_text(metrics_csv.read_text()[:-7])  # cut mid-number
+    selection = runs["4"] / "selection.jsonl"
+    selection.write_text(selection.read_text()[:-30])  # cut mid-line
+    edit_results(runs["1"], lambda r: r["compute"].update(seconds=None))
+    edit_results(runs["5"], lambda r: [r["selection"].pop(k) for k in ("rounds", "composition")])
+    edit_results(runs["2"], lambda r: r["metrics"].update({"val/loss": "n/a"}))
+    report = build_report([tmp_path / "sweep"], tmp_path / "report", metric="val/loss")
+    assert all(r.ok for r in report.runs)
+    assert [r.path.name for r in report.sections[0].lacking_metric] == [runs["2"].name]
+    assert runs["2"].name in report.markdown.split("Finished runs without val/loss")[1]
+    assert report.figures("overlap_b0.3") and report.figures("learning_curves")
+    broken = next(r for r in report.runs if r.path.name == runs["4"].name)
+    assert broken.selected_ids is None  # left out of the overlap rather than counted as an empty selection
+
+
+def test_count_budgets_and_whole_pool_columns(tiny_sweep: Path, tmp_path: Path):
+    shutil.copytree(tiny_sweep, tmp_path / "sweep")
+    for run_dir in (tmp_path / "sweep").glob("*_random_b0.3_*"):
+        edit_results(run_dir, lambda r: r["run"].update(budget=120))
+    for run_dir in (tmp_path / "sweep").glob("*_random_b0.6_*"):
+        edit_results(run_dir, lambda r: r["selection"].update(budget_size=r["selection"]["pool_size"]))
+    report = build_report([tmp_path / "sweep"], tmp_path / "report", metric="val/loss", make_plots=False)
+    (section,) = report.sections
+    assert section.budgets == ["0.3", "0.6", "120", "all"]
+    assert section.group("random", "120").metric("val/loss").n == 2
+    assert section.group("random", "all").metric("val/loss").n == 2
+    assert "| method | budget 0.3 | budget 0.6 | budget 120 | whole pool |" in report.markdown
+
+
+def test_metric_direction_must_be_known(tiny_sweep: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="--higher-is-better"):
+        build_report([tiny_sweep], tmp_path / "a", metric="selection/custom", make_plots=False)
+    report = build_report(
+        [tiny_sweep], tmp_path / "b", metric="train/tokens", make_plots=False, higher_is_better=True
+    )
+    assert report.sections[0].higher_is_better is True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +30,20 @@ class Stat:
         return f"{self.mean:.{digits}f}{spread} (n={self.n})"
 
 
+def as_number(value: Any) -> float | None:
+    """``value`` as a finite-or-infinite float, or None for missing, NaN and non-numeric values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def seed_sort_key(seed: Any) -> tuple[int, float, str]:
+    number = as_number(seed)
+    return (0, number, "") if number is not None else (1, 0.0, str(seed))
+
+
 def stat(values: Iterable[float | None]) -> Stat:
-    clean = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    clean = [v for v in (as_number(x) for x in values) if v is not None]
     if not clean:
         return Stat(math.nan, math.nan, 0)
     sd = statistics.stdev(clean) if len(clean) > 1 else math.nan
@@ -54,17 +66,19 @@ class Group:
 
     @property
     def seeds(self) -> list[Any]:
-        return sorted({r.seed for r in self.runs}, key=str)
+        return sorted({r.seed for r in self.runs}, key=seed_sort_key)
 
     def per_seed(self, value: Callable[[RunRecord], float | None]) -> list[float]:
         """One value per seed: repeats of a seed (the same whole-pool run at several budgets) are averaged,
         so that the spread is over seeds."""
         by_seed: dict[Any, list[float]] = defaultdict(list)
         for run in self.runs:
-            v = value(run)
-            if v is not None and not math.isnan(float(v)):
-                by_seed[run.seed].append(float(v))
-        return [statistics.fmean(vs) for _, vs in sorted(by_seed.items(), key=lambda kv: str(kv[0]))]
+            v = as_number(value(run))
+            if v is not None:
+                by_seed[run.seed].append(v)
+        return [
+            statistics.fmean(vs) for _, vs in sorted(by_seed.items(), key=lambda kv: seed_sort_key(kv[0]))
+        ]
 
     def stat(self, value: Callable[[RunRecord], float | None]) -> Stat:
         return stat(self.per_seed(value))
@@ -82,14 +96,19 @@ class Section:
     metric: str
     higher_is_better: bool
     groups: list[Group]
+    model: str = "?"
+    regime: str = "?"
+    #: finished runs of the section that do not have its metric (counted out of its cells)
+    lacking_metric: list[RunRecord] = field(default_factory=list)
 
     @property
     def title(self) -> str:
-        return f"{self.experiment} / {self.dataset}"
+        return f"{self.experiment} / {self.dataset} ({self.model}, {self.regime})"
 
     @property
     def slug(self) -> str:
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.experiment}__{self.dataset}")
+        name = f"{self.experiment}__{self.dataset}__{self.model}__{self.regime}"
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
     @property
     def methods(self) -> list[str]:
@@ -98,6 +117,10 @@ class Section:
     @property
     def budgets(self) -> list[str]:
         return sorted({g.budget for g in self.groups}, key=budget_sort_key)
+
+    def group_count_with_metric(self) -> int:
+        """How many groups have at least one run with the section's metric."""
+        return sum(g.metric(self.metric).n > 0 for g in self.groups)
 
     def group(self, method: str, budget: str) -> Group | None:
         for g in self.groups:
@@ -130,32 +153,61 @@ def budget_sort_key(label: str) -> tuple[int, float, str]:
         return (1, 0.0, label)
 
 
-def metric_direction(name: str) -> bool:
-    """Whether higher is better for a metric named ``name``: losses and perplexities are lower-is-better."""
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "nll", "error", "seconds", "tokens")
+HIGHER_IS_BETTER = ("accuracy", "pass@", "test_case_average", "exact_match", "f1")
+
+
+def metric_direction(name: str) -> bool | None:
+    """Whether higher is better for a metric named ``name`` (losses, perplexities, errors, time and tokens
+    are lower-is-better; accuracies and pass@k higher-is-better); None when the name does not say."""
     lowered = name.lower()
-    return not any(word in lowered for word in ("loss", "perplexity", "ppl", "seconds", "tokens"))
+    if any(word in lowered for word in LOWER_IS_BETTER):
+        return False
+    if any(word in lowered for word in HIGHER_IS_BETTER):
+        return True
+    return None
 
 
-def group_runs(records: list[RunRecord], metric: str | None = None) -> list[Section]:
-    """Sections (experiment x dataset) of groups (method x budget) of the finished runs. The compared metric
-    is ``metric`` when given, else the runs' headline quality (test accuracy, or held-out perplexity on
-    language-modelling data)."""
-    cells: dict[tuple[str, str], dict[tuple[str, str], Group]] = defaultdict(dict)
+def group_runs(
+    records: list[RunRecord], metric: str | None = None, higher_is_better: bool | None = None
+) -> list[Section]:
+    """Sections (experiment x dataset x model x regime) of groups (method x budget, and the other settings a
+    run was given on the command line) of the finished runs. The compared metric is ``metric`` when given,
+    else the runs' headline quality (test accuracy, or held-out perplexity on language-modelling data; the
+    one most of the section's runs have). Runs whose settings differ beyond seed are never averaged together:
+    when a section holds several such variants, each group's label names the settings it differs by."""
+    cells: dict[tuple[str, ...], list[RunRecord]] = defaultdict(list)
     for run in records:
-        if not run.ok:
-            continue
-        key = (run.method, run.budget_label)
-        section = cells[(run.experiment, run.dataset)]
-        if key not in section:
-            section[key] = Group(run.experiment, run.dataset, run.method, run.budget_label)
-        section[key].runs.append(run)
+        if run.ok:
+            key = (
+                run.experiment,
+                run.dataset,
+                str(run.identity.get("model")),
+                str(run.identity.get("regime")),
+            )
+            cells[key].append(run)
     sections = []
-    for (experiment, dataset), groups in sorted(cells.items()):
-        first = next(iter(groups.values())).runs[0]
+    for (experiment, dataset, model, regime), runs in sorted(cells.items()):
+        common = set.intersection(*(set(r.variant) for r in runs))
+        groups: dict[tuple[Any, ...], Group] = {}
+        for run in runs:
+            extra = [o for o in run.variant if o not in common]
+            label = run.method + (f" [{' '.join(extra)}]" if extra else "")
+            key = (label, run.budget_label)
+            if key not in groups:
+                groups[key] = Group(experiment, dataset, label, run.budget_label)
+            groups[key].runs.append(run)
         if metric is None:
-            name, higher = quality_metric(first.results or {})
+            name, higher = Counter(quality_metric(r.results or {}) for r in runs).most_common(1)[0][0]
         else:
-            name, higher = metric, metric_direction(metric)
+            name = metric
+            higher = metric_direction(metric) if higher_is_better is None else higher_is_better
+            if higher is None:
+                raise ValueError(
+                    f"--metric {metric!r}: cannot tell whether higher is better; add --higher-is-better or "
+                    "--lower-is-better"
+                )
+        lacking = [r for r in runs if as_number((r.results or {}).get("metrics", {}).get(name)) is None]
         ordered = sorted(groups.values(), key=lambda g: (g.method, budget_sort_key(g.budget)))
-        sections.append(Section(experiment, dataset, name, higher, ordered))
+        sections.append(Section(experiment, dataset, name, higher, ordered, model, regime, lacking))
     return sections

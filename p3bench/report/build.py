@@ -13,7 +13,7 @@ from typing import Any
 
 from p3bench.report import diagnostics
 from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
-from p3bench.report.runs import RUN_ELSEWHERE, RunRecord, load_runs
+from p3bench.report.runs import NOT_EXPANDED, NOT_STARTED, RUN_ELSEWHERE, RunRecord, load_runs
 from p3bench.results import summary_metrics
 from p3bench.utils.io import atomic_write_text
 
@@ -50,11 +50,17 @@ class Report:
 
 
 def build_report(
-    paths: list[str | Path], out_dir: str | Path, metric: str | None = None, make_plots: bool = True
+    paths: list[str | Path],
+    out_dir: str | Path,
+    metric: str | None = None,
+    make_plots: bool = True,
+    higher_is_better: bool | None = None,
 ) -> Report:
-    """Read every run under ``paths``, aggregate over seeds and write the report into ``out_dir``."""
+    """Read every run under ``paths``, aggregate over seeds and write the report into ``out_dir``.
+    ``metric`` (a key of results.json's metrics) replaces the headline quality; its direction is read from
+    its name unless ``higher_is_better`` is given (ValueError when neither says)."""
     records = load_runs(paths)
-    sections = group_runs(records, metric)
+    sections = group_runs(records, metric, higher_is_better)
     out = Path(out_dir)
     files: dict[str, list[Path]] = {
         CSV_NAME: [atomic_write_text(out / CSV_NAME, runs_csv(records))],
@@ -145,6 +151,10 @@ def mean_of(group: Group, key: str) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
+def fixed(value: float, digits: int) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def details_table(section: Section) -> list[str]:
     defects = diagnostics.planted_kinds(section)
     header = [
@@ -164,11 +174,11 @@ def details_table(section: Section) -> list[str]:
             group.method,
             group.budget,
             ", ".join(str(s) for s in group.seeds),
-            f"{mean_of(group, 'data_fraction'):.3f}",
+            fixed(mean_of(group, "data_fraction"), 3),
             tokens(mean_of(group, "train_tokens")),
             tokens(mean_of(group, "selection_forward_tokens")),
             tokens(mean_of(group, "total_compute_tokens")),
-            f"{mean_of(group, 'seconds_total'):.0f}",
+            fixed(mean_of(group, "seconds_total"), 0),
         ] + [f"{100 * shares[d]:.1f}" if d in shares else "-" for d in defects]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -189,12 +199,21 @@ def problems_table(records: list[RunRecord]) -> list[str]:
     for r in records:
         if r.status == RUN_ELSEWHERE:
             elsewhere[r.path.parent] = elsewhere.get(r.path.parent, 0) + 1
-    lines = [] if bad else ["Every run finished."]
-    if bad:
-        lines = ["| run | status | method | budget | seed | reason |", "|---|---|---|---|---|---|"]
+    if not records:
+        lines = ["No run directory was found."]
+    elif not bad:
+        lines = ["Every run finished."]
+    else:
+        lines = [
+            "| run | status | experiment | dataset | method | budget | seed | reason |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
     for r in bad:
         reason = (r.problem or "").replace("|", "\\|")
-        lines.append(f"| {r.path} | {r.status} | {r.method} | {r.budget} | {r.seed} | {reason} |")
+        lines.append(
+            f"| {r.path} | {r.status} | {r.experiment} | {r.dataset} | {r.method} | {r.budget} | {r.seed} "
+            f"| {reason} |"
+        )
     for sweep, count in elsewhere.items():
         lines += [
             "",
@@ -214,17 +233,25 @@ def summary_markdown(
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
+    directories = sum(n for s, n in counts.items() if s not in (RUN_ELSEWHERE, NOT_STARTED, NOT_EXPANDED))
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines = [
         "# p3bench report",
         "",
-        f"{len(records)} runs ({status or 'none'}) from {', '.join(str(p) for p in paths)}.",
+        f"{directories} run directories and {len(records) - directories} sweep entries without one "
+        f"({status or 'none'}) from {', '.join(str(p) for p in paths)}.",
         "Cells: mean ± sample standard deviation over seeds (n = seeds; repeats of a seed are averaged); "
         "the best mean of each column is in bold.",
     ]
     for section in sections:
         lines += ["", f"## {section.title}: {metric_title(section.metric, section.higher_is_better)}", ""]
         lines += quality_table(section)
+        if section.lacking_metric:
+            lines += [
+                "",
+                f"Finished runs without {section.metric} (not in the table): "
+                + ", ".join(str(r.path) for r in section.lacking_metric),
+            ]
         lines += [
             "",
             "Data fraction (distinct examples trained on over all rounds / pool), compute (tokens: training, "
@@ -237,7 +264,20 @@ def summary_markdown(
         if pngs:
             lines += ["", "Figures: " + ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in pngs)]
     lines += ["", "## Failed, unfinished and missing runs", ""] + problems_table(records)
+    repeats = repeated_settings(records)
+    if repeats:
+        lines += ["", "## Settings that finished more than once (averaged as one seed)", ""]
+        lines += [f"- {', '.join(str(r.path) for r in runs)}" for runs in repeats]
     return "\n".join(lines) + "\n"
+
+
+def repeated_settings(records: list[RunRecord]) -> list[list[RunRecord]]:
+    """Finished runs that share all their settings, seed included (a job run again in another sweep)."""
+    by_settings: dict[tuple[str, ...], list[RunRecord]] = {}
+    for record in records:
+        if record.ok:
+            by_settings.setdefault(record.settings(), []).append(record)
+    return [runs for runs in by_settings.values() if len(runs) > 1]
 
 
 # --- figures -------------------------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="metric to compare (a key of results.json metrics, e.g. val/loss); default: test accuracy, or "
         "held-out perplexity on language-modelling data",
     )
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--higher-is-better", dest="higher", action="store_true", default=None, help="for --metric"
+    )
+    direction.add_argument("--lower-is-better", dest="higher", action="store_false", help="for --metric")
     parser.add_argument("--no-plots", action="store_true", help="write the CSV and the summary only")
     return parser.parse_args(argv)
 
@@ -34,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out if args.out is not None else default_out_dir(args.dirs)
     try:
-        report = build_report(args.dirs, out, metric=args.metric, make_plots=not args.no_plots)
-    except FileNotFoundError as exc:
+        report = build_report(
+            args.dirs, out, metric=args.metric, make_plots=not args.no_plots, higher_is_better=args.higher
+        )
+    except (FileNotFoundError, ValueError) as exc:
         print(f"p3bench report: error: {exc}", file=sys.stderr)
         return 2
     print(report.markdown)
@@ -49,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     for folder, stems in folders.items():
         print(f"  figures (.png and .svg) in {folder}: {', '.join(stems)}")
     if not report.sections:
-        print("no finished run found", file=sys.stderr)
+        print("p3bench report: no finished run found", file=sys.stderr)
         return 1
+    if args.metric and all(s.group_count_with_metric() == 0 for s in report.sections):
+        print(f"p3bench report: error: no finished run has metric {args.metric!r}", file=sys.stderr)
+        return 2
     return 0

@@ -43,7 +43,10 @@ def mean_shares(dicts: list[dict[str, float]]) -> dict[str, float]:
 def selected_shares(group: Group, kind: str) -> dict[str, float]:
     """Share of the distinct selected examples in each level or domain, averaged over the group's runs."""
     key = f"per_{kind}"
-    return mean_shares([normalised(r.results["selection"]["composition"].get(key, {})) for r in group.runs])
+    shares = [
+        normalised((r.results["selection"].get("composition") or {}).get(key) or {}) for r in group.runs
+    ]
+    return mean_shares([s for s in shares if s])
 
 
 def pool_shares(section: Section, kind: str) -> dict[str, float] | None:
@@ -55,7 +58,7 @@ def pool_shares(section: Section, kind: str) -> dict[str, float] | None:
 
 
 def is_dynamic(group: Group) -> bool:
-    return any(len(r.results["selection"]["rounds"]) > 1 for r in group.runs)
+    return any(len(r.results["selection"].get("rounds") or []) > 1 for r in group.runs)
 
 
 def round_counts(group: Group, kind: str) -> list[dict[str, Any]]:
@@ -63,7 +66,7 @@ def round_counts(group: Group, kind: str) -> list[dict[str, Any]]:
     record each round's composition; P3's own per-level diagnostics serve runs written before that)."""
     per_round: dict[int, list[dict[str, float]]] = defaultdict(list)
     for run in group.runs:
-        for record in run.results["selection"]["rounds"]:
+        for record in run.results["selection"].get("rounds") or []:
             counts = (record.get("composition") or {}).get(f"per_{kind}")
             if counts is None and kind == "level":
                 counts = (record.get("diagnostics") or {}).get("per_level")
@@ -79,8 +82,9 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 
 def overlap_matrix(groups: list[Group]) -> list[list[float]]:
     """Jaccard index of the distinct selected ids of each pair of groups, averaged over the seeds both have
-    (NaN when they share no seed)."""
-    by_seed = [{run.seed: run.selected_ids for run in g.runs} for g in groups]
+    (NaN when they share no seed). Runs whose selection file is missing or does not match results.json are
+    left out (:attr:`RunRecord.selected_ids` is None for them)."""
+    by_seed = [{run.seed: run.selected_ids for run in g.runs if run.selected_ids is not None} for g in groups]
     matrix = [[math.nan] * len(groups) for _ in groups]
     for i, j in itertools.product(range(len(groups)), repeat=2):
         seeds = sorted(set(by_seed[i]) & set(by_seed[j]), key=str)

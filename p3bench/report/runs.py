@@ -18,8 +18,26 @@ from p3bench.results import RESULTS_FILE, SELECTION_FILE
 OK, FAILED, UNFINISHED, CORRUPT, NOT_STARTED = "ok", "failed", "unfinished", "corrupt", "not started"
 #: a sweep's job that never started there, whose settings finished in another given directory
 RUN_ELSEWHERE = "run elsewhere"
+#: a multirun whose job list could not be expanded (so its never-started jobs are unknown)
+NOT_EXPANDED = "sweep not expanded"
 REQUIRED_KEYS = ("run", "selection", "metrics", "compute")
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
+#: the fields that, with the variant, say which settings a run had
+SETTINGS = ("experiment", "dataset", "model", "regime", "method", "budget", "seed")
+#: overrides that do not change what a run computes, or that are identity fields of their own
+_NOT_VARIANT_KEYS = {
+    "method",
+    "budget",
+    "seed",
+    "experiment",
+    "experiment_name",
+    "model",
+    "regime",
+    "dataset",
+}
+_NOT_VARIANT_KEYS |= {"ckpt_path", "callbacks", "offline"}
+_NOT_VARIANT_PREFIXES = ("paths.", "hydra.", "hydra/", "logger", "trainer.enable_progress_bar", "progress")
 METRICS_CSV = Path("csv") / "metrics.csv"
 
 
@@ -59,12 +77,22 @@ class RunRecord:
         return self.identity.get("seed", "?")
 
     @property
+    def variant(self) -> tuple[str, ...]:
+        """The run's other command-line settings (e.g. ``trainer.max_epochs=4``), sorted: runs that differ in
+        them are not averaged together."""
+        return tuple(self.identity.get("variant") or ())
+
+    def settings(self) -> tuple[str, ...]:
+        return (*(str(self.identity.get(k)) for k in SETTINGS), *self.variant)
+
+    @property
     def whole_pool(self) -> bool:
         """Trains on the whole pool whatever the budget (full, irdro, midranking, or a budget of 1.0)."""
         if self.results is None:
             return False
         selection = self.results["selection"]
-        return selection.get("budget_size") == selection.get("pool_size")
+        size, pool = selection.get("budget_size"), selection.get("pool_size")
+        return isinstance(size, int) and isinstance(pool, int) and size == pool
 
     @property
     def budget_label(self) -> str:
@@ -72,13 +100,17 @@ class RunRecord:
         return "all" if self.whole_pool else str(self.budget)
 
     @cached_property
-    def selected_ids(self) -> frozenset[str]:
-        """The distinct ids the run trained on over all its rounds (from selection.jsonl)."""
+    def selected_ids(self) -> frozenset[str] | None:
+        """The distinct ids the run trained on over all its rounds (from selection.jsonl); None when the file
+        is missing, unreadable, or does not hold the ``n_selected`` ids results.json records."""
         path = self.path / SELECTION_FILE
-        if not path.is_file():
-            return frozenset()
-        with path.open(encoding="utf-8") as handle:
-            return frozenset(json.loads(line)["id"] for line in handle if line.strip())
+        try:
+            with path.open(encoding="utf-8") as handle:
+                ids = frozenset(str(json.loads(line)["id"]) for line in handle if line.strip())
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return None
+        expected = (self.results or {}).get("selection", {}).get("n_selected")
+        return ids if expected is None or expected == len(ids) else None
 
     @cached_property
     def curve(self) -> dict[str, list[float]]:
@@ -88,16 +120,21 @@ class RunRecord:
 
 
 def read_val_curve(path: Path) -> dict[str, list[float]]:
-    if not path.is_file():
-        return {}
+    """Steps and validation losses of a CSV log; rows that do not parse are skipped."""
     steps: list[float] = []
     losses: list[float] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle):
-            value = row.get("val/loss") or ""
-            if value and row.get("step"):
-                steps.append(float(row["step"]))
-                losses.append(float(value))
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    step, value = float(row.get("step") or "nan"), float(row.get("val/loss") or "nan")
+                except ValueError:
+                    continue
+                if not (math.isnan(step) or math.isnan(value)):
+                    steps.append(step)
+                    losses.append(value)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
     return {"step": steps, "val_loss": losses} if steps else {}
 
 
@@ -135,17 +172,20 @@ def load_run(path: Path) -> RunRecord:
         results = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return RunRecord(path, CORRUPT, f"results.json is not valid JSON ({exc})", identity=identity)
-    missing = [key for key in REQUIRED_KEYS if not isinstance(results, dict) or key not in results]
+    missing = [
+        key
+        for key in REQUIRED_KEYS
+        if not isinstance(results, dict) or not isinstance(results.get(key), dict)
+    ]
     if missing:
-        return RunRecord(path, CORRUPT, f"results.json lacks {', '.join(missing)}", identity=identity)
+        problem = f"results.json lacks {', '.join(missing)} (or they are not objects)"
+        return RunRecord(path, CORRUPT, problem, identity=identity)
     if results.get("status") != OK:
         return RunRecord(
             path, FAILED, f"results.json has status {results.get('status')!r}", results, identity
         )
     run = results["run"]
-    identity = {
-        key: run.get(key, identity.get(key)) for key in ("experiment", "dataset", "method", "budget", "seed")
-    }
+    identity = {**identity, **{key: run[key] for key in SETTINGS if key in run}}
     return RunRecord(path, OK, None, results, identity)
 
 
@@ -161,10 +201,32 @@ def identity_from_hydra_config(path: Path) -> dict[str, Any]:
     return {
         "experiment": config.get("experiment_name"),
         "dataset": (config.get("dataset") or {}).get("name"),
+        "model": (config.get("model") or {}).get("name"),
+        "regime": config.get("regime"),
         "method": (config.get("method") or {}).get("name"),
         "budget": config.get("budget"),
         "seed": config.get("seed"),
+        "variant": variant(read_overrides(path / HYDRA_OVERRIDES)),
     }
+
+
+def read_overrides(path: Path) -> list[str]:
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
+def variant(overrides: list[str]) -> list[str]:
+    """The overrides that set something other than the identity fields, paths, logging or the launcher."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in _NOT_VARIANT_KEYS or key.startswith(_NOT_VARIANT_PREFIXES) or key.endswith(".progress"):
+            continue
+        kept.append(override.lstrip("+~"))
+    return sorted(kept)
 
 
 def last_error_line(log_path: Path) -> str | None:
@@ -190,9 +252,11 @@ def not_started_jobs(root: Path, found: list[Path]) -> list[RunRecord]:
     try:
         sweep = yaml.safe_load(sweep_file.read_text(encoding="utf-8"))
         jobs = expand_sweep(sweep)
-    except Exception:  # an unreadable sweep definition must not stop the report of the runs that exist
-        return []
-    started = {p.name.split("_", 1)[0] for p in found if p.parent == root}
+    except Exception as exc:  # an unreadable sweep definition must not stop the report of the runs that exist
+        problem = f"could not list the jobs of multirun.yaml ({exc}); jobs that never started are not counted"
+        return [RunRecord(root / "multirun.yaml", NOT_EXPANDED, problem)]
+    # every job directory of the sweep, whatever the order the report was given its directories in
+    started = {p.name.split("_", 1)[0] for p in root.iterdir() if p.is_dir()}
     records = []
     for number, overrides in enumerate(jobs):
         if str(number) in started:
@@ -201,9 +265,12 @@ def not_started_jobs(root: Path, found: list[Path]) -> list[RunRecord]:
         identity = {
             "experiment": values.get("experiment_name", sweep.get("experiment_name", "?")),
             "dataset": values.get("dataset", (sweep.get("dataset") or {}).get("name", "?")),
+            "model": values.get("model", (sweep.get("model") or {}).get("name", "?")),
+            "regime": values.get("regime", sweep.get("regime", "?")),
             "method": values.get("method", (sweep.get("method") or {}).get("name", "?")),
             "budget": parse_number(values.get("budget", sweep.get("budget", "?"))),
             "seed": parse_number(values.get("seed", sweep.get("seed", "?"))),
+            "variant": variant(overrides),
         }
         problem = f"job {number} ({' '.join(overrides)}) has no run directory: never started"
         records.append(RunRecord(root / f"{number}_(not started)", NOT_STARTED, problem, identity=identity))
@@ -217,6 +284,9 @@ def expand_sweep(multirun: dict[str, Any]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra_cfg = multirun["hydra"]
+    sweeper = str((hydra_cfg.get("sweeper") or {}).get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper"):
+        raise ValueError(f"sweeper {sweeper!r} is not Hydra's basic sweeper")
     params = (hydra_cfg.get("sweeper") or {}).get("params") or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + list(hydra_cfg["overrides"]["task"])
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -254,13 +324,11 @@ def load_runs(paths: list[str | Path]) -> list[RunRecord]:
             if sweep_file.is_file() and sweep_file.parent.resolve() not in seen:
                 seen.add(sweep_file.parent.resolve())
                 records.extend(not_started_jobs(sweep_file.parent, run_dirs))
-    finished = {settings_key(r): r.path for r in records if r.ok}
+    finished = {r.settings(): r.path for r in records if r.ok}
     for record in records:
-        if record.status == NOT_STARTED and settings_key(record) in finished:
+        if record.ok or record.status == NOT_EXPANDED or record.settings() not in finished:
+            continue
+        if record.status == NOT_STARTED:
             record.status = RUN_ELSEWHERE
-            record.problem = f"{record.problem}; finished in {finished[settings_key(record)]}"
+        record.problem = f"{record.problem}; the same settings finished in {finished[record.settings()]}"
     return records
-
-
-def settings_key(record: RunRecord) -> tuple[str, ...]:
-    return tuple(str(record.identity.get(k)) for k in ("experiment", "dataset", "method", "budget", "seed"))
