@@ -238,7 +238,8 @@ def summary_markdown(
     lines = [
         "# p3bench report",
         "",
-        f"{directories} run directories and {len(records) - directories} sweep entries without one "
+        f"{plural(directories, 'run directory', 'run directories')} and "
+        f"{plural(len(records) - directories, 'sweep entry', 'sweep entries')} without one "
         f"({status or 'none'}) from {', '.join(str(p) for p in paths)}.",
         "Cells: mean ± sample standard deviation over seeds (n = seeds; repeats of a seed are averaged); "
         "the best mean of each column is in bold.",
@@ -269,6 +270,10 @@ def summary_markdown(
         lines += ["", "## Settings that finished more than once (averaged as one seed)", ""]
         lines += [f"- {', '.join(str(r.path) for r in runs)}" for runs in repeats]
     return "\n".join(lines) + "\n"
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def repeated_settings(records: list[RunRecord]) -> list[list[RunRecord]]:
