@@ -148,6 +148,15 @@ def quality_metric(results: dict[str, Any]) -> tuple[str, bool]:
     return "val/loss", False
 
 
+def defect_shares(comp: dict[str, Any]) -> dict[str, float]:
+    """Share of a composition's ``n`` examples that are planted noisy, junk or duplicate copies, for each
+    kind it counts; empty when it counts no example."""
+    n = comp.get("n", 0)
+    if not n:
+        return {}
+    return {defect: comp[key] / n for defect, key in PLANTED_DEFECTS.items() if key in comp}
+
+
 def trained_defect_shares(results: dict[str, Any]) -> dict[str, float]:
     """Share of the (round, example) pairs a run trained on that were planted noisy, junk or duplicate
     copies (datasets with oracle fields only; a dynamic method's example counts once per round it is in).
@@ -158,14 +167,10 @@ def trained_defect_shares(results: dict[str, Any]) -> dict[str, float]:
     ]
     if not parts:
         parts = [selection["composition"]] if isinstance(selection.get("composition"), dict) else []
-    total = sum(p.get("n", 0) for p in parts)
-    if not total or not all("noisy" in p for p in parts):
+    if not parts or not all("noisy" in p for p in parts):
         return {}
-    return {
-        defect: sum(p.get(key, 0) for p in parts) / total
-        for defect, key in PLANTED_DEFECTS.items()
-        if all(key in p for p in parts)
-    }
+    keys = [key for key in PLANTED_DEFECTS.values() if all(key in p for p in parts)]
+    return defect_shares({key: sum(p.get(key, 0) for p in parts) for key in ["n", *keys]})
 
 
 def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from p3bench.results import (
     RESULTS_FILE,
     SELECTION_FILE,
     composition,
+    defect_shares,
     summary_metrics,
 )
 
@@ -77,9 +78,7 @@ def composition_shares(comp: Mapping[str, Any]) -> dict[str, float]:
         counts = _labelled(comp.get(_CATEGORY_KINDS[kind]))
         for category, count in counts.items():
             shares[f"{kind}_{_clean(category)}_share"] = count / n
-    for defect, key in PLANTED_DEFECTS.items():
-        if key in comp:
-            shares[f"share_{defect}"] = comp[key] / n
+    shares.update({f"share_{defect}": share for defect, share in defect_shares(dict(comp)).items()})
     return shares
 
 
@@ -244,13 +243,13 @@ def selection_tables(results: Mapping[str, Any]) -> dict[str, tuple[list[str], l
         rows = []
         for r in with_defects:
             comp = r["composition"]
-            n = comp.get("n", 0)
+            shares = defect_shares(comp)
             rows.append(
                 [
                     r["round"],
-                    n,
+                    comp.get("n", 0),
                     *(comp.get(key) for key in defect_keys),
-                    *(comp[key] / n if n and key in comp else None for key in PLANTED_DEFECTS.values()),
+                    *(shares.get(defect) for defect in PLANTED_DEFECTS),
                 ]
             )
         tables[DEFECTS_TABLE] = (columns, rows)

@@ -14,7 +14,6 @@ from typing import Any
 from p3bench.report import diagnostics
 from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
 from p3bench.report.runs import NOT_EXPANDED, NOT_STARTED, RUN_ELSEWHERE, RunRecord, load_runs
-from p3bench.results import summary_metrics
 from p3bench.utils.io import atomic_write_text
 
 CSV_NAME = "runs.csv"
@@ -87,7 +86,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
     }
     if record.ok and record.results is not None:
         row["budget_label"] = record.budget_label
-        row.update(summary_metrics(record.results))
+        row.update(record.summary)
         row["ids_sha256"] = record.results["selection"].get("ids_sha256")
         row.update({k: v for k, v in record.results["metrics"].items()})
     return row
@@ -147,7 +146,7 @@ def quality_table(section: Section) -> list[str]:
 
 
 def mean_of(group: Group, key: str) -> float:
-    values = group.per_seed(lambda r: summary_metrics(r.results).get(key))
+    values = group.per_seed(lambda r: r.summary.get(key))
     return statistics.fmean(values) if values else math.nan
 
 
@@ -302,7 +301,7 @@ def section_figures(section: Section, folder: Path) -> dict[str, list[Path]]:
     for g in section.groups:
         quality = g.metric(section.metric)
         fraction = mean_of(g, "data_fraction")
-        compute = g.stat(lambda r: summary_metrics(r.results).get("total_compute_tokens"))
+        compute = g.stat(lambda r: r.summary.get("total_compute_tokens"))
         points.append((g, quality, fraction, compute))
     add(
         "quality_vs_fraction",

@@ -13,6 +13,7 @@ from typing import Any
 
 from p3bench.report.aggregate import Group, Section
 from p3bench.results import PLANTED_DEFECTS, trained_defect_shares
+from p3bench.results import defect_shares as composition_defect_shares
 
 CATEGORY_LABELS = {"level": "Difficulty level", "domain": "Source domain"}
 
@@ -97,16 +98,15 @@ def overlap_matrix(groups: list[Group]) -> list[list[float]]:
 
 def defect_shares(group: Group) -> dict[str, float]:
     """Share of the training exposures on planted defects, averaged over the group's runs."""
-    return mean_shares(
-        [trained_defect_shares(r.results) for r in group.runs if trained_defect_shares(r.results)]
-    )
+    shares = [trained_defect_shares(r.results) for r in group.runs]
+    return mean_shares([s for s in shares if s])
 
 
 def pool_defect_shares(section: Section) -> dict[str, float] | None:
     for group in section.groups:
         pool = group.runs[0].results["selection"].get("pool_composition") or {}
         if pool.get("n") and "noisy" in pool:
-            return {d: pool[key] / pool["n"] for d, key in PLANTED_DEFECTS.items() if key in pool}
+            return composition_defect_shares(pool)
     return None
 
 

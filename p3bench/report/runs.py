@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from p3bench.results import RESULTS_FILE, SELECTION_FILE
+from p3bench.results import RESULTS_FILE, SELECTION_FILE, summary_metrics
 
 OK, FAILED, UNFINISHED, CORRUPT, NOT_STARTED = "ok", "failed", "unfinished", "corrupt", "not started"
 #: a sweep's job that never started there, whose settings finished in another given directory
@@ -98,6 +99,12 @@ class RunRecord:
     def budget_label(self) -> str:
         """The column a run is reported in: its budget as given, or ``all`` when it trains on the whole pool."""
         return "all" if self.whole_pool else str(self.budget)
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """The run's headline numbers (:func:`p3bench.results.summary_metrics`), computed once; empty for a
+        run that did not finish."""
+        return summary_metrics(self.results) if self.ok and self.results is not None else {}
 
     @cached_property
     def selected_ids(self) -> frozenset[str] | None:
@@ -198,16 +205,37 @@ def identity_from_hydra_config(path: Path) -> dict[str, Any]:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return {}
-    return {
-        "experiment": config.get("experiment_name"),
-        "dataset": (config.get("dataset") or {}).get("name"),
-        "model": (config.get("model") or {}).get("name"),
-        "regime": config.get("regime"),
-        "method": (config.get("method") or {}).get("name"),
-        "budget": config.get("budget"),
-        "seed": config.get("seed"),
-        "variant": variant(read_overrides(path / HYDRA_OVERRIDES)),
-    }
+    return {**config_identity(config), "variant": variant(read_overrides(path / HYDRA_OVERRIDES))}
+
+
+#: each identity field: where a composed config holds it, and the override that sets it
+_IDENTITY_SOURCES = {
+    "experiment": (("experiment_name",), "experiment_name"),
+    "dataset": (("dataset", "name"), "dataset"),
+    "model": (("model", "name"), "model"),
+    "regime": (("regime",), "regime"),
+    "method": (("method", "name"), "method"),
+    "budget": (("budget",), "budget"),
+    "seed": (("seed",), "seed"),
+}
+
+
+def config_identity(
+    config: dict[str, Any], overrides: Sequence[str] = (), missing: Any = None
+) -> dict[str, Any]:
+    """The identity fields of a composed config, where ``overrides`` (a job's ``key=value`` list) replace
+    those they set (numbers parsed); ``missing`` for a field neither has."""
+    values = {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
+    identity = {}
+    for name, (path, key) in _IDENTITY_SOURCES.items():
+        if key in values:
+            value = parse_number(values[key]) if name in ("budget", "seed") else values[key]
+        else:
+            value = config
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+        identity[name] = missing if value is None else value
+    return identity
 
 
 def read_overrides(path: Path) -> list[str]:
@@ -261,17 +289,7 @@ def not_started_jobs(root: Path, found: list[Path]) -> list[RunRecord]:
     for number, overrides in enumerate(jobs):
         if str(number) in started:
             continue
-        values = {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in overrides if "=" in o)}
-        identity = {
-            "experiment": values.get("experiment_name", sweep.get("experiment_name", "?")),
-            "dataset": values.get("dataset", (sweep.get("dataset") or {}).get("name", "?")),
-            "model": values.get("model", (sweep.get("model") or {}).get("name", "?")),
-            "regime": values.get("regime", sweep.get("regime", "?")),
-            "method": values.get("method", (sweep.get("method") or {}).get("name", "?")),
-            "budget": parse_number(values.get("budget", sweep.get("budget", "?"))),
-            "seed": parse_number(values.get("seed", sweep.get("seed", "?"))),
-            "variant": variant(overrides),
-        }
+        identity = {**config_identity(sweep, overrides, missing="?"), "variant": variant(overrides)}
         problem = f"job {number} ({' '.join(overrides)}) has no run directory: never started"
         records.append(RunRecord(root / f"{number}_(not started)", NOT_STARTED, problem, identity=identity))
     return records
