@@ -9,14 +9,16 @@
 2. Overhead per program, one at a time, side by side on the same standard-input programs with their first
    test's input:
    - ``bare``: ``subprocess.run([python, "-c", program])``, no isolation at all;
-   - ``sandbox``: :meth:`p3bench.execution.Sandbox.run_python` (namespaces, uid, cgroup, rlimits, scrubbed
-     environment, fresh working directory, as detected here);
+   - ``sandbox``: :meth:`p3bench.execution.Sandbox.run_python` (the isolation level detected here, e.g.
+     bubblewrap with namespaces and the program's read-only view, behind an init, as its own uid, with a
+     cgroup, rlimits, a scrubbed environment and a fresh working directory);
    - ``no_cgroup``: the same sandbox without the per-run memory cgroup (``use_cgroup=false``);
    - ``harness``: :func:`~p3bench.execution.apps.check_program` on that one test (the sandbox plus the APPS
      runner, the forked test process and the output comparison).
 
 The last line is a JSON summary. Running it executes the reference programs: it refuses without
-``--allow-code-execution`` (or ``P3BENCH_ALLOW_CODE_EXECUTION=1``).
+``--allow-code-execution`` (or ``P3BENCH_ALLOW_CODE_EXECUTION=1``). ``benchmarks/sandbox_cost.py`` breaks
+the sandbox's cost down further.
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = load(args.data)
     report = isolation_report()
-    print(f"isolation: {report['mode']} | network {report['network']} | cgroup {report['cgroup']}")
+    print(
+        f"isolation: {report['mode']} ({report['tool']}) | network {report['network']} | cgroup {report['cgroup']}"
+    )
     print(f"interpreter: {report['python']} (Python {report['python_version']})")
     speed = throughput(rows, args.workers)
     print(

@@ -598,7 +598,7 @@ class _LinesSandbox:
         self.isolation = type("I", (), {"mode": "fake", "can_sweep": False, "extra_sys_path": ()})()
         self.limits = execution_settings().limits
 
-    def run_python(self, code, stdin=b"", *, timeout_s=None, on_stdout=None, output_bytes=None):
+    def run_python(self, code, stdin=b"", *, timeout_s=None, on_stdout=None, output_bytes=None, **_):
         from p3bench.execution.sandbox import SandboxResult
 
         stopped = False

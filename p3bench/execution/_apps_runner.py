@@ -1,6 +1,8 @@
 """APPS test runner, executed inside the sandbox (Hendrycks et al., 2021, arXiv 2105.09938).
 
-Standalone, standard library only: the sandbox runs this file's text as ``python -s -B -c SOURCE``.
+Standalone, standard library only: the sandbox runs this file (through its entry point,
+:mod:`p3bench.execution._sandbox_entry`) as PID 1 of the sandbox's PID namespace where there is one: no
+test can signal it, and it reaps the tests' orphans itself, as soon as they exit.
 
 Input, one JSON object on stdin: ``program``, ``mode`` (``"stdin"`` or ``"call"``), ``fn_name``, ``inputs``
 (one per test: the stdin text, or the list of call arguments), ``timeout_s`` (per test), ``output_bytes``
@@ -12,7 +14,11 @@ Output, one JSON line per test as it finishes: ``test``, ``status`` (``ok``, ``t
 as JSON), ``stderr`` (its start), ``time_s``, ``exit`` and ``signal``; or one ``compile_error`` line.
 
 Each test runs in a forked child with its own stdin, stdout and stderr, so state never leaks from one test
-to the next and ``open(0)`` or ``sys.stdin.buffer`` work as on a judge. The runner never receives expected
+to the next and ``open(0)`` or ``sys.stdin.buffer`` work as on a judge. The child runs the program at the
+top level of this script, through a module-level ``exec`` whose cost to the recursion limit the runner
+measures once at its start and adds to the child's limit (the entry point does the same for the ``exec``
+that runs this script): the program can recurse exactly as deep as it could alone. It ends as the
+interpreter would: non-daemon threads joined, ``atexit`` handlers run, output flushed. The runner never receives expected
 outputs: the host compares them, so a program cannot report a pass it did not earn.
 """
 
@@ -33,8 +39,11 @@ STDERR_KEEP = 4096
 EXIT_GRACE_S = 0.02
 
 
-def main():
+def main(frames):
+    """Run every test and stream its row; in a test's forked child, return the :class:`_Job` the child runs
+    at the top level of this script instead, with the recursion limit raised by ``frames``."""
     payload = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    payload["frames"] = frames
     channel = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -44,16 +53,72 @@ def main():
         code = _compile(payload["program"], payload["mode"] == "stdin")
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, OverflowError) as err:
         _emit(channel, {"compile_error": f"{type(err).__name__}: {err}"})
-        return
+        return None
     base = _apps_names(payload["program"])
     if payload.get("subreaper"):
         _become_subreaper()
     _set_dumpable(False)
+    reaper = _Reaper()
     for index, test in enumerate(payload["inputs"]):
-        row = _run_test(index, code, test, payload, base)
+        row = _run_test(index, code, test, payload, base, reaper)
+        if isinstance(row, _Job):
+            return row
         _emit(channel, row)
         if row["status"] == "load_error":
             break
+    return None
+
+
+class _Job:
+    """What a test's child runs: ``code`` in ``names``; call-based, ``fn_name`` with ``args``."""
+
+    def __init__(self, code, names, fn_name, args):
+        self.code, self.names, self.fn_name, self.args = code, names, fn_name, args
+
+
+class _Reaper:
+    """Reaps every child of the runner as soon as it exits: SIGCHLD writes to a pipe that wakes the select
+    loop. It keeps the exit status of the test's process (``watch``); the others are orphans the tests left,
+    re-parented to the runner (PID 1 of the sandbox, or a subreaper), which would otherwise stay zombies,
+    counted against the process limit, until the test ends."""
+
+    def __init__(self):
+        self.fd, write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(write_fd, False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler: so the pipe is written
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self.watch = self.status = None
+
+    def reap(self):
+        with contextlib.suppress(OSError):
+            while os.read(self.fd, 512):
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.watch:
+                self.status = status
+
+    def wait_for(self, pid):
+        """Block until ``pid`` (already sent SIGKILL) is reaped; its status."""
+        while self.status is None:
+            try:
+                done, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if done == pid:
+                self.status = status
+        return self.status
+
+    @staticmethod
+    def reset_in_child():
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _compile(program, standard_input):
@@ -195,7 +260,7 @@ def _input_fd(data):
     return fd
 
 
-def _run_test(index, code, test, payload, base):
+def _run_test(index, code, test, payload, base, reaper):
     call = payload["mode"] == "call"
     data = b"" if call else str(test).encode("utf-8")
     in_fd = _input_fd(data)
@@ -205,11 +270,10 @@ def _run_test(index, code, test, payload, base):
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        status = 70
         try:
-            status = _child(code, test, payload, base, in_fd, out_w, err_w, res_w)
-        finally:
-            os._exit(status)
+            return _child(code, test, payload, base, in_fd, out_w, err_w, res_w, reaper)
+        except BaseException:
+            os._exit(70)
     with contextlib.suppress(OSError):
         os.setpgid(pid, pid)
     for fd in (in_fd, out_w, err_w, res_w):
@@ -218,8 +282,9 @@ def _run_test(index, code, test, payload, base):
     caps = {out_r: payload["output_bytes"], err_r: STDERR_KEEP}
     if call:
         caps[res_r] = payload["output_bytes"]
-    status, buffers, timed_out, limited, ended = _collect(pid, caps, started + payload["timeout_s"], err_r)
-    status = _finish(pid, status, payload.get("sweep", False))
+    deadline = started + payload["timeout_s"]
+    status, buffers, timed_out, limited, ended = _collect(pid, caps, deadline, err_r, reaper)
+    status = _finish(pid, status, payload.get("sweep", False), reaper)
     for fd in caps:
         os.close(fd)
     elapsed = (ended or time.monotonic()) - started
@@ -248,58 +313,42 @@ def _run_test(index, code, test, payload, base):
     }
 
 
-def _collect(pid, caps, deadline, err_fd):
-    """Read the child's pipes until it exits (plus a short grace), the deadline passes or stdout overflows."""
+def _collect(pid, caps, deadline, err_fd, reaper):
+    """Read the child's pipes until it exits (plus a short grace), the deadline passes or stdout overflows;
+    reap every child that exits meanwhile."""
     buffers = {fd: bytearray() for fd in caps}
     open_fds = set(caps)
-    try:
-        exit_fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        exit_fd = None
-    status = ended = None
+    reaper.watch, reaper.status = pid, None
+    ended = None
     timed_out = limited = False
-    try:
-        while True:
-            now = time.monotonic()
-            if status is None and exit_fd is None:
-                done, wait_status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status, ended = wait_status, now
-            if status is not None and (not open_fds or now - ended > EXIT_GRACE_S):
-                break
-            if now >= deadline:
-                timed_out = True
-                break
-            watch = list(open_fds)
-            if exit_fd is not None and status is None:
-                watch.append(exit_fd)
-            wait = deadline - now
-            if exit_fd is None or status is not None:
-                wait = min(wait, 0.005)
-            ready = select.select(watch, [], [], wait)[0] if watch else []
-            if not watch:
-                time.sleep(wait)
-            for fd in ready:
-                if fd == exit_fd:
-                    status, ended = os.waitpid(pid, 0)[1], time.monotonic()
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    open_fds.discard(fd)
-                    continue
-                room = caps[fd] - len(buffers[fd])
-                buffers[fd] += chunk[: max(room, 0)]
-                if len(chunk) > room and fd != err_fd:
-                    limited = True
-            if limited:
-                break
-    finally:
-        if exit_fd is not None:
-            os.close(exit_fd)
-    return status, buffers, timed_out, limited, ended
+    while True:
+        now = time.monotonic()
+        reaper.reap()
+        if ended is None and reaper.status is not None:
+            ended = now
+        if ended is not None and (not open_fds or now - ended > EXIT_GRACE_S):
+            break
+        if now >= deadline:
+            timed_out = True
+            break
+        wait = deadline - now if ended is None else min(deadline - now, EXIT_GRACE_S)
+        for fd in select.select([*open_fds, reaper.fd], [], [], wait)[0]:
+            if fd == reaper.fd:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+                continue
+            room = caps[fd] - len(buffers[fd])
+            buffers[fd] += chunk[: max(room, 0)]
+            if len(chunk) > room and fd != err_fd:
+                limited = True
+        if limited:
+            break
+    return reaper.status, buffers, timed_out, limited, ended
 
 
-def _finish(pid, status, sweep):
+def _finish(pid, status, sweep, reaper):
     """Kill what is left of the test (its group; with ``sweep``, every other process we can signal) and
     reap it, so no test leaves anything running for the next."""
     with contextlib.suppress(OSError):
@@ -308,7 +357,7 @@ def _finish(pid, status, sweep):
         with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
     if status is None:
-        status = os.waitpid(pid, 0)[1]
+        status = reaper.wait_for(pid)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         try:
@@ -320,7 +369,9 @@ def _finish(pid, status, sweep):
     return status
 
 
-def _child(code, test, payload, base, in_fd, out_w, err_w, res_w):
+def _child(code, test, payload, base, in_fd, out_w, err_w, res_w, reaper):
+    """Set up a test's forked child (descriptors, limits, streams, names) and return its :class:`_Job`."""
+    reaper.reset_in_child()
     _set_dumpable(True)  # its own memory, not the runner's: fork gave it a copy
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -347,54 +398,38 @@ def _child(code, test, payload, base, in_fd, out_w, err_w, res_w):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     names = dict(base)
     names.update({"stdin": sys.stdin, "stdout": sys.stdout, "__builtins__": builtins})
-    if res_w is None:
-        return _run_script(code, names)
-    return _run_call(code, names, payload["fn_name"], test)
-
-
-def _run_script(code, names):
-    """Standard-input program: run as ``__main__``; ``exit()`` ends it normally, as in the APPS harness."""
-    names["__name__"] = "__main__"
-    status = 0
-    try:
-        with contextlib.suppress(SystemExit):
-            exec(code, names)
-        _join_threads()
-    except BaseException:
-        _print_exception()
-        status = 1
-    return _flush(status)
-
-
-def _run_call(code, names, fn_name, test):
-    """Call-based program: load it, find ``fn_name`` (on ``Solution()`` or at top level), call it once."""
+    sys.setrecursionlimit(sys.getrecursionlimit() + payload["frames"])
+    if res_w is None:  # standard input: run as ``__main__``
+        names["__name__"] = "__main__"
+        return _Job(code, names, None, None)
     names["__name__"] = "solution"
-    try:
-        exec(code, names)
-        target = _find_function(names, fn_name)
-    except BaseException:
-        _print_exception()
-        return _flush(LOAD_FAILED)
-    if target is None:
-        sys.stderr.write(f"the program defines no function {fn_name!r} (top level or in class Solution)\n")
-        return _flush(LOAD_FAILED)
     args = test if isinstance(test, list) else [test]
     if args and isinstance(args[0], dict):
         with contextlib.suppress(TypeError, ValueError):  # JSON keys are strings; APPS makes them ints
             args = [{int(k): v for k, v in args[0].items()}, *args[1:]]
-    try:
-        value = target(*args)
-        _join_threads()
-    except BaseException:
-        _print_exception()
-        return _flush(1)
+    return _Job(code, names, payload["fn_name"], args)
+
+
+def _write_result(value):
+    """A call-based program's return value, as JSON, to descriptor 3."""
     data = _to_json(value).encode("utf-8")
     try:
         while data:
             data = data[os.write(3, data) :]
     except OSError:
         pass
-    return _flush(0)
+
+
+def _exit(status):
+    """End a test's child as the interpreter ends: non-daemon threads joined, ``atexit`` handlers run (an
+    exception in one is printed, as by the interpreter), streams flushed; then ``_exit(status)``."""
+    with contextlib.suppress(BaseException):
+        _join_threads()
+    with contextlib.suppress(BaseException):
+        import atexit
+
+        atexit._run_exitfuncs()
+    os._exit(_flush(status))
 
 
 def _find_function(names, fn_name):
@@ -444,5 +479,52 @@ def _flush(status):
     return status
 
 
+def _deepest():
+    """The deepest recursion reached from here (a probe: what a module-level ``exec`` takes is the
+    difference between its value here and inside such an ``exec``)."""
+
+    def down(depth):
+        try:
+            return down(depth + 1)
+        except RecursionError:
+            return depth
+
+    return down(1)
+
+
 if __name__ == "__main__":
-    main()
+    _probe = {"deepest": _deepest}
+    exec(compile("found = deepest()", "<probe>", "exec"), _probe)  # as the program will be, below
+    _job = main(max(0, min(_deepest() - _probe["found"], 16)))
+    if _job is not None:
+        # A test's forked child. The program runs here, at the top level of this script, not in a function,
+        # so that (with the limit raised by what this exec takes) it can recurse as deep as alone. Standard
+        # input: ``exit()`` ends it normally, as in the APPS harness. Call-based: load it, find ``fn_name``
+        # (on ``Solution()`` or at top level), call it once.
+        if _job.fn_name is None:
+            try:
+                with contextlib.suppress(SystemExit):
+                    exec(_job.code, _job.names)
+            except BaseException:
+                _print_exception()
+                _exit(1)
+            _exit(0)
+        try:
+            exec(_job.code, _job.names)
+            _target = _find_function(_job.names, _job.fn_name)
+        except BaseException:
+            _print_exception()
+            _exit(LOAD_FAILED)
+        if _target is None:
+            sys.stderr.write(
+                f"the program defines no function {_job.fn_name!r} (top level or in class Solution)\n"
+            )
+            _exit(LOAD_FAILED)
+        try:
+            _value = _target(*_job.args)
+            _join_threads()
+        except BaseException:
+            _print_exception()
+            _exit(1)
+        _write_result(_value)
+        _exit(0)

@@ -19,13 +19,12 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from p3bench.data.example import Example
 from p3bench.errors import DataError
 from p3bench.execution.compare import call_result_matches, stdout_matches
+from p3bench.execution.launch import script_source
 from p3bench.execution.policy import execution_settings, require_code_execution
 from p3bench.execution.sandbox import Sandbox, run_many
 
@@ -35,10 +34,9 @@ STARTUP_SLACK_S = 10.0
 _DETAIL_CHARS = 300
 
 
-@cache
 def runner_source() -> str:
-    """The text of the in-sandbox runner script."""
-    return (Path(__file__).with_name("_apps_runner.py")).read_text(encoding="utf-8")
+    """The text of the in-sandbox runner script (without its docstrings: it is compiled at every run)."""
+    return script_source("_apps_runner.py")
 
 
 @dataclass(frozen=True)
@@ -248,6 +246,8 @@ def check_program(
         # each test's line holds up to output_bytes of stdout and of the return value (JSON escaping can
         # grow text up to 6 times) plus the start of stderr
         output_bytes=n * (12 * sandbox.limits.output_bytes + (64 << 10)) + (64 << 10),
+        init=False,  # the runner is PID 1 itself: it reaps the tests' orphans, and no test can signal it
+        precompile=True,
     )
     if pending.strip():  # a last line without its newline may be cut short by a kill: not held against it
         _take_line(bytes(pending), tests, call_based, verdicts, compile_error)

@@ -1,10 +1,13 @@
 """Per-run cgroups: one memory cap on a whole sandboxed process tree (and, with cgroup v2, a pids cap).
 
 Used where this process may create child cgroups: root with a writable cgroup v1 ``memory`` hierarchy, or
-a cgroup v2 directory that already delegates the ``memory`` and ``pids`` controllers. The sandbox's setup
-script joins the cgroup before it runs anything else, so every descendant is counted. Joining costs a
-cgroup migration (an RCU grace period, often 10-30 ms), so a run joins one cgroup only: with v1 the
-process count is left to ``RLIMIT_NPROC`` on the run's own uid, which the root levels enforce.
+a cgroup v2 directory that already delegates the ``memory`` and ``pids`` controllers. The sandbox's entry
+point joins the cgroup (through a descriptor of :attr:`RunCgroup.join_file` the host opened) before the
+program runs, so every descendant is counted. With v1 it joins through ``tasks``, moving only its own
+(single) thread: that skips the kernel's lock on whole thread groups, whose write side waits for an RCU
+grace period (milliseconds per run: ``benchmarks/sandbox_cost.py`` times both); v2 has no such file for a
+domain cgroup, so there a join costs that wait. A run joins one cgroup only: with v1 the process count is left to
+``RLIMIT_NPROC`` on the run's own uid, which the root levels enforce.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def detect_cgroups() -> tuple[CgroupSupport | None, str]:
 
 
 class RunCgroup:
-    """The cgroup of one run: created with limits, joined by the run's setup script, then removed."""
+    """The cgroup of one run: created with limits, joined by the run's entry point, then removed."""
 
     def __init__(
         self, support: CgroupSupport, *, memory_bytes: int, max_pids: int, name: str | None = None
@@ -130,9 +133,10 @@ class RunCgroup:
             raise
 
     @property
-    def procs_files(self) -> list[str]:
-        """The ``cgroup.procs`` files a process writes ``0`` to in order to join."""
-        return [str(self.directory / "cgroup.procs")]
+    def join_file(self) -> str:
+        """The file a process writes ``0`` to in order to join: v1 ``tasks`` (the writing thread only,
+        without waiting for an RCU grace period), v2 ``cgroup.procs``."""
+        return str(self.directory / ("tasks" if self.support.version == 1 else "cgroup.procs"))
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for exceeding the memory cap (0 when unknown)."""

@@ -57,7 +57,8 @@ class SandboxLimits:
         return int(math.ceil(self.cpu_s if self.cpu_s is not None else self.timeout_s + 1))
 
     def rlimits(self, nproc: int | None = None) -> dict[int, tuple[int, int]]:
-        """``{resource.RLIMIT_*: (soft, hard)}``; ``nproc`` overrides the process count (see isolation)."""
+        """``{resource.RLIMIT_*: (soft, hard)}``, set by the sandbox's entry point before the program runs;
+        ``nproc`` overrides the process count (see isolation)."""
         memory = self.memory_mb * MiB
         limits = {
             resource.RLIMIT_CPU: (self.cpu_seconds, self.cpu_seconds + 1),
@@ -69,24 +70,6 @@ class SandboxLimits:
         processes = self.max_processes if nproc is None else nproc
         limits[resource.RLIMIT_NPROC] = (processes, processes)
         return {key: _within_hard_limit(key, value) for key, value in limits.items()}
-
-    def prlimit_args(self, nproc: int | None = None) -> list[str]:
-        """The same limits as ``prlimit(1)`` options (util-linux), ``--name=soft:hard``."""
-        names = {
-            resource.RLIMIT_CPU: "cpu",
-            resource.RLIMIT_AS: "as",
-            resource.RLIMIT_FSIZE: "fsize",
-            resource.RLIMIT_NOFILE: "nofile",
-            resource.RLIMIT_CORE: "core",
-            resource.RLIMIT_NPROC: "nproc",
-        }
-        return [f"--{names[key]}={soft}:{hard}" for key, (soft, hard) in self.rlimits(nproc).items()]
-
-
-def apply_rlimits(limits: dict[int, tuple[int, int]]) -> None:
-    """``setrlimit`` each limit in this process (the fallback ``preexec_fn`` when ``prlimit`` is missing)."""
-    for key, value in limits.items():
-        resource.setrlimit(key, value)
 
 
 def _within_hard_limit(key: int, value: tuple[int, int]) -> tuple[int, int]:

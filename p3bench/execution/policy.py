@@ -21,7 +21,7 @@ from p3bench.registry import closest
 ENV_VAR = "P3BENCH_ALLOW_CODE_EXECUTION"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-MODES = ("auto", "namespaces", "uid", "userns", "rlimits")
+MODES = ("auto", "bwrap", "namespaces", "uid", "userns", "rlimits")
 
 
 class CodeExecutionDisabledError(ConfigError):
@@ -43,7 +43,7 @@ class ExecutionSettings:
     ``limits`` bound each sandboxed process; ``workers`` is the pool size for checking many programs;
     ``mode`` forces an isolation level (``auto`` picks the strongest that works, see
     :mod:`p3bench.execution.isolation`); ``use_cgroup`` caps the memory of each run's whole process tree
-    with a cgroup where one can be created (joining it costs about 10-30 ms per run).
+    with a cgroup where one can be created (with cgroup v2, joining it costs an RCU grace period per run).
     """
 
     allow_code_execution: bool = False
