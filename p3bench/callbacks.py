@@ -1,4 +1,4 @@
-"""Callbacks the run adds: the iso-compute token budget."""
+"""Callbacks the run adds: the iso-compute token budget, and the run state every checkpoint records."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import pytorch_lightning as pl
+
+from p3bench.resume import CHECKPOINT_KEY
 
 
 class TokenBudget(pl.Callback):
@@ -59,3 +61,24 @@ def estimate_steps(lengths: list[int], target_tokens: int, batch_size: int, accu
     batches = full_epochs * batches_per_epoch + math.ceil(remainder / mean_batch_tokens)
     steps = math.ceil(batches / accumulate)
     return max(1, steps + math.ceil(0.02 * steps) + 1)
+
+
+class RunState(pl.Callback):
+    """Record in every checkpoint what a resume needs beyond Lightning's state: the run's identity (the
+    settings that define what it computes, :func:`p3bench.resume.run_identity`), checked before a resume,
+    and the training and validation metrics at that point, which a resume from the end of training (it
+    trains no further step) reports as a whole run would."""
+
+    def __init__(self, identity: dict[str, Any]) -> None:
+        self.identity = identity
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        metrics = {}
+        for key, value in trainer.callback_metrics.items():
+            try:
+                metrics[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        checkpoint[CHECKPOINT_KEY] = {"identity": self.identity, "fit_metrics": metrics}

@@ -1,17 +1,31 @@
-"""The ``p3bench`` command: one Hydra entry point for single runs (``p3bench``) and sweeps (``p3bench -m``)."""
+"""The ``p3bench`` command: one Hydra entry point for single runs (``p3bench``) and sweeps (``p3bench -m``).
+
+What reaches the user: a finished run's summary (exit 0); a user error as one line ``p3bench: error: ...`` on
+stderr and in the run's ``run.log`` (exit 2; in a sweep, one line per failed job, and the other jobs run);
+Ctrl-C or SIGTERM, at any stage after the command's first import (the config schema), as ``p3bench:
+interrupted by SIGINT`` (exit 130); anything else is a bug and prints its traceback (exit 1).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from p3bench.errors import P3BenchError
+from p3bench.config_schema import composition_error_message  # registers the schema Hydra composes with
+from p3bench.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    ChecksFailed,
+    Interrupted,
+    P3BenchError,
+    user_error_message,
+)
 from p3bench.registry import unknown_name_message
 
 log = logging.getLogger("p3bench")
@@ -57,36 +71,149 @@ def check_group_overrides(args: list[str]) -> str | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra's task function: run one job, turning user errors into one line."""
+def task(cfg: Any) -> float | None:
+    """Hydra's task function: one run. A user error goes into the run's ``run.log`` as one line and is
+    returned to :func:`run_command` (a single run: Hydra would add its own line had the task raised) or
+    printed naming the job and raised (a sweep job: the launcher records it and runs the other jobs). An
+    interruption is noted in ``run.log`` (the run resumes with ``ckpt_path=last``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from p3bench.run import train_and_evaluate  # heavy imports after Hydra parsed the command line
 
     try:
         results = train_and_evaluate(cfg)
-    except P3BenchError as exc:
-        print(f"p3bench: error: {exc}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.RUN:
-            sys.exit(2)
-        log.error("run failed: %s", exc)  # into the job's run.log, where a report finds why it failed
-        raise  # in a sweep the launcher records the failed job
-    except Exception as exc:
-        log.error("run failed: %s: %s", type(exc).__name__, exc)
+    except KeyboardInterrupt as exc:
+        name = getattr(exc, "signal_name", Interrupted.last_signal)
+        log_to_run_log(logging.WARNING, f"run interrupted by {name}: resume it with ckpt_path=last")
         raise
+    except Exception as exc:
+        message = user_error_message(exc) or method_option_message(exc, cfg) or instantiation_message(exc)
+        if message is None:
+            log.error("run failed: %s: %s", type(exc).__name__, exc)
+            raise
+        log_to_run_log(logging.ERROR, f"run failed: p3bench: error: {message}")
+        USER_ERRORS.append(message)
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return None
+        job = f"job {hydra_cfg.job.num} ({Path(hydra_cfg.runtime.output_dir).name})"
+        print(f"p3bench: error: {job}: {message}", file=sys.stderr)
+        if isinstance(exc, P3BenchError):
+            raise
+        raise P3BenchError(message) from exc
     return results["metrics"].get("test/accuracy")
+
+
+#: the one-line user errors of this process's runs (a single run's, or each failed sweep job's)
+USER_ERRORS: list[str] = []
+
+
+def log_to_run_log(level: int, message: str) -> None:
+    """Write ``message`` to the job's ``run.log`` only (the file handlers Hydra configured), where
+    ``p3bench report`` reads why a run failed; the console gets the one line from :func:`main`."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def method_option_message(exc: BaseException, cfg: Any) -> str | None:
+    """One line for a ValueError a method's own code raised about one of its options (``start must be a
+    fraction in (0, 1] ...``): the message names the option, which is found among the ``method.*`` keys and
+    named in full with its value. None when the error is not of that kind."""
+    if not isinstance(exc, ValueError):
+        return None
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename.replace(os.sep, "/"))
+        tb = tb.tb_next
+    if not any("/p3bench/methods/" in f or "/p3bench/algorithms/" in f for f in frames):
+        return None
+    text = " ".join(str(exc).split())
+    match = re.match(r"([A-Za-z_]\w*)\b", text)
+    if match is None:
+        return None
+    from p3bench.resume import flatten_config
+
+    try:
+        options = flatten_config(cfg.method)
+    except Exception:  # an unresolvable method config is reported by the error itself
+        return None
+    keys = [key for key in options if key.rsplit(".", 1)[-1] == match.group(1)]
+    if len(keys) != 1:
+        return None
+    key = keys[0]
+    return f"method.{key}={options[key]!r} is invalid for method {cfg.method.name!r}: {text}"
+
+
+def instantiation_message(exc: BaseException) -> str | None:
+    """One line for a logger, callback or trainer that Hydra cannot build from the config (an argument its
+    class does not take, say), naming the config key; None for other errors."""
+    from hydra.errors import InstantiationException
+
+    return composition_error_message(exc) if isinstance(exc, InstantiationException) else None
+
+
+def install_interrupt_handlers() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (a KeyboardInterrupt naming the signal), so that both
+    end the run the same way, with cleanup, a note in run.log and exit code 130."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        Interrupted.last_signal = name
+        raise Interrupted(name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
 
 
 def main() -> None:
     """Console-script entry point: ``p3bench report ...`` reports on run directories, anything else runs."""
-    if sys.argv[1:2] == ["report"]:
+    install_interrupt_handlers()
+    try:
+        code = run_command(sys.argv[1:])
+    except KeyboardInterrupt as exc:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not turn the exit into a traceback
+        name = getattr(exc, "signal_name", Interrupted.last_signal)
+        print(f"p3bench: interrupted by {name}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+def run_command(args: list[str]) -> int:
+    """Run the command line ``args`` (Hydra reads them from ``sys.argv``) and return the exit code."""
+    if args[:1] == ["report"]:
         from p3bench.report.cli import main as report_main
 
-        sys.exit(report_main(sys.argv[2:]))
-    problem = check_group_overrides(sys.argv[1:])
+        return report_main(args[1:])
+    problem = check_group_overrides(args)
     if problem:
         print(f"p3bench: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+        return EXIT_USER_ERROR
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; the one line is written below
+    logging.raiseExceptions = False  # a full disk must not turn every later log line into a traceback
+    import hydra
+
+    try:
+        try:
+            hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")(task)()
+        except ChecksFailed as failed:  # a check before the run directory was created
+            raise failed.error from None
+    except Exception as exc:
+        message = user_error_message(exc) or composition_error_message(exc)
+        if message is None:
+            raise
+        if USER_ERRORS:  # sweep jobs: each printed its own line
+            message = f"{len(USER_ERRORS)} sweep job(s) failed; each one's line is above and in its run.log"
+        print(f"p3bench: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if USER_ERRORS:  # a single run returned its error
+        print(f"p3bench: error: {USER_ERRORS[-1]}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from p3bench.utils.io import atomic_write_json, atomic_write_jsonl
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+#: a finished run's results, kept while a resume that changes what they report runs (docs/results.md)
+PREVIOUS_RESULTS_FILE = "results.previous.json"
 SELECTION_FILE = "selection.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
 

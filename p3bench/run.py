@@ -10,21 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from p3bench.callbacks import TokenBudget
-from p3bench.data import DatasetSplits, load_dataset_splits
-from p3bench.errors import ConfigError
+from p3bench.callbacks import RunState, TokenBudget
+from p3bench.checkpoints import AtomicCheckpointIO
+from p3bench.data import DatasetSplits
+from p3bench.errors import Interrupted
 from p3bench.eval.answers import EVALUATORS
-from p3bench.methods import METHODS
 from p3bench.methods.base import SelectionDataModule
 from p3bench.models.factory import build_causal_lm, build_tokenizer
 from p3bench.models.module import SelectionLM
 from p3bench.models.warm_start import warm_start, warm_start_settings
+from p3bench.preflight import method_options, prepare_run
 from p3bench.results import (
+    PREVIOUS_RESULTS_FILE,
     RESULTS_FILE,
     SCHEMA_VERSION,
     package_versions,
@@ -32,26 +33,28 @@ from p3bench.results import (
     selection_summary,
     write_run_files,
 )
+from p3bench.resume import keep_csv_history, recorded_fit_metrics, set_aside_outdated_results
 from p3bench.tracking import SelectionMetrics, log_run_to_wandb
 from p3bench.utils.progress import set_progress_enabled
 
 log = logging.getLogger(__name__)
-
-REGIMES = ("iso_epoch", "iso_compute")
 
 
 def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the composed config end to end and return the results dictionary written to results.json."""
     started = datetime.now(timezone.utc)
     wall_start = time.perf_counter()
-    if cfg.regime not in REGIMES:
-        raise ConfigError(f"regime={cfg.regime!r} is not supported: expected one of {', '.join(REGIMES)}")
+    # settings, method options, data and the checkpoint to resume from, before anything is written
+    prepared = prepare_run(cfg)
+    resume = prepared.resume
+    for damaged, reason in resume.skipped if resume is not None else []:
+        log.warning("skipping %s: %s; resuming from %s", damaged, reason, resume.path)
     output_dir = Path(cfg.paths.output_dir)
     set_progress_enabled(bool(cfg.progress))  # the selection's own progress bars (scoring, embedding, ...)
     warm_settings = warm_start_settings(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.seed))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    splits = load_dataset_splits(cfg.dataset.name, **OmegaConf.to_container(cfg.dataset.params, resolve=True))
+    splits = prepared.splits
     evaluator = EVALUATORS.get(cfg.dataset.evaluator)
     if splits.task == "code" and cfg.test:
         # checking runs the model's programs: refuse now, not after training, when that is switched off
@@ -77,17 +80,21 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         task=splits.task,
     )
 
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
-    if ckpt_path is not None:
-        restore_selection_state(datamodule, ckpt_path)
-        # the run is not finished until it writes results again
-        (output_dir / RESULTS_FILE).unlink(missing_ok=True)
+    ckpt_path = None if resume is None else str(resume.path)
+    if resume is not None:
+        restore_selection_state(datamodule, resume.checkpoint)
+        if is_global_zero():
+            # a finished run's results stay until the resume replaces them, unless it changes what they report
+            set_aside_outdated_results(output_dir, cfg, RESULTS_FILE)
 
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    if resume is not None and is_global_zero():
+        keep_csv_history(loggers, resume.global_step)  # the loss curves keep their earlier epochs
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
     if not loggers:  # Lightning's learning-rate monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SelectionMetrics())  # each selection round's selection/* metrics, to every logger
+    callbacks.append(RunState(prepared.identity))  # what a resume checks and reports, in every checkpoint
     trainer_overrides: dict[str, Any] = {
         # a dynamic method reloads every epoch and maps the epoch to its round itself, so resuming at any
         # epoch keeps rounds in phase
@@ -95,6 +102,9 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         # the datamodule shards training batches across processes itself (length-grouped batches)
         "use_distributed_sampler": False,
     }
+    if not cfg.trainer.get("plugins"):
+        # checkpoints written whole in their own directory, so a full disk cannot truncate last.ckpt
+        trainer_overrides["plugins"] = [AtomicCheckpointIO()]
     target_tokens = None
     if cfg.regime == "iso_compute":
         full_pool_tokens = sum(datamodule.token_lengths(range(len(datamodule.pool))))
@@ -109,16 +119,18 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         fit_start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        call_trainer(trainer, trainer.fit, module, datamodule=datamodule, ckpt_path=ckpt_path)
         fit_seconds = time.perf_counter() - fit_start
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if resume is not None and trainer.global_step == resume.global_step:
+            # resumed at the end of training: nothing was trained, so the metrics are the checkpoint's
+            fit_metrics = {**recorded_fit_metrics(resume.checkpoint), **fit_metrics}
         test_metrics: dict[str, float] = {}
         eval_seconds = 0.0
         if cfg.test and not trainer.interrupted:
             eval_start = time.perf_counter()
-            test_metrics = {
-                k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()
-            }
+            tested = call_trainer(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
+            test_metrics = {k: float(v) for k, v in tested[0].items()}
             eval_seconds = time.perf_counter() - eval_start
         results = build_results(
             cfg,
@@ -138,6 +150,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items()})
             write_run_files(output_dir, results, selection_rows(datamodule), module.test_records)
+            (output_dir / PREVIOUS_RESULTS_FILE).unlink(missing_ok=True)  # replaced: no longer needed
             log_run_to_wandb(trainer.loggers, results, output_dir)
     finally:
         close_loggers(trainer.loggers)
@@ -149,8 +162,9 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
 def build_datamodule(cfg: DictConfig, splits: DatasetSplits) -> SelectionDataModule:
     """The configured method's datamodule over ``splits``, with the run's tokenizer (trained on the pool for
     the tiny model, loaded otherwise)."""
-    method_cfg: dict[str, Any] = OmegaConf.to_container(cfg.method, resolve=True)
-    method_cls = METHODS.get(method_cfg.pop("name"))
+    method_cls, method_cfg = method_options(cfg)
+    # a method config may set its own batching (in-batch reweighting: random batches); null: the loader's
+    own_grouping = method_cfg.pop("length_grouping", None)
     tokenizer = build_tokenizer(
         cfg.model.tokenizer, [ex.prompt + ex.target for ex in splits.train], cfg.paths.cache_dir, cfg.offline
     )
@@ -162,31 +176,36 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits) -> SelectionDataMod
         batch_size=cfg.loader.batch_size,
         eval_batch_size=cfg.loader.eval_batch_size,
         num_workers=cfg.loader.num_workers,
-        length_grouping=cfg.loader.length_grouping,
+        length_grouping=cfg.loader.length_grouping if own_grouping is None else own_grouping,
         max_length=cfg.dataset.max_length,
         cache_dir=cfg.paths.cache_dir,
         **method_cfg,
     )
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` means this run directory's last checkpoint; any other value must be an existing file."""
-    if ckpt_path in (None, ""):
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={ckpt_path!r}: no checkpoint at {path} (expected a .ckpt file or 'last')"
-        )
-    return str(path)
-
-
-def restore_selection_state(datamodule: SelectionDataModule, ckpt_path: str) -> None:
+def restore_selection_state(datamodule: SelectionDataModule, checkpoint: dict[str, Any]) -> None:
     """Load the selection state before fitting, so a static method does not select again in ``setup``."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     state = checkpoint.get(type(datamodule).__qualname__)
     if state is not None:
         datamodule.load_state_dict(state)
+
+
+def call_trainer(trainer: pl.Trainer, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``trainer.fit`` or ``trainer.test``: Lightning ends a Ctrl-C it caught with ``sys.exit(1)``; that
+    becomes :class:`Interrupted`, which the command turns into its own exit code."""
+    try:
+        return function(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise Interrupted(Interrupted.last_signal) from None
+        raise
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank zero (before the Trainer exists: from the launcher's env)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def build_results(

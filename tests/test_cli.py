@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from p3bench.cli import group_choices
+from p3bench.errors import EXIT_INTERRUPTED
 
-from .conftest import find_run_dirs, read_results, run_cli
+from .conftest import SHARED_DATA, find_run_dirs, read_results, run_cli
 
 SMOKE = ["debug=smoke", "hydra.run.dir=run"]
 
@@ -92,12 +98,13 @@ def test_resume_from_last_checkpoint_keeps_the_selection(method: str, tmp_path: 
     first = run_cli(args, tmp_path, cache_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     before = read_results(tmp_path / "run")
-    # seed=1 would select other examples: the restored selection state must win
-    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2", "seed=1"], tmp_path, cache_dir)
+    # the restored selection state is used (a resume with another seed is refused: tests/test_resume.py)
+    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_results(tmp_path / "run")
     rounds_before, rounds_after = before["selection"]["rounds"], after["selection"]["rounds"]
     assert rounds_after[0]["ids_sha256"] == rounds_before[0]["ids_sha256"]
+    assert rounds_after[0]["seconds"] == rounds_before[0]["seconds"]  # restored, not selected again
     # a static method keeps its one selection; a dynamic one selects round 1 with the resumed model
     assert [r["round"] for r in rounds_after] == ([0] if method == "random" else [0, 1])
     if method == "random":
@@ -139,6 +146,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_results(args, names_value, 
 
 GSM8K_SMOKE = [
     "dataset=gsm8k",
+    "budget=0.5",  # a fraction of the small pool, whatever the default budget
     "dataset.params.val_size=2",
     "dataset.params.test_size=2",
     "dataset.max_length=64",
@@ -266,3 +274,73 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, cache_dir: Path):
     assert single.returncode == 0, single.stderr[-3000:]
     single_tokens = read_results(tmp_path / "single")["compute"]["train_tokens"]
     assert 0.75 * single_tokens < results["compute"]["train_tokens"] <= single_tokens
+
+
+def start_cli(args: list[str], cwd: Path, cache_dir: Path) -> subprocess.Popen:
+    """``python -m p3bench ARGS`` started in the background, with the environment of :func:`run_cli`."""
+    env = {
+        **os.environ,
+        "P3BENCH_CACHE_DIR": str(cache_dir),
+        "P3BENCH_DATA_DIR": str(SHARED_DATA),
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "p3bench", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def signal_when(process: subprocess.Popen, path: Path, signum: int) -> tuple[int, str]:
+    """Send ``signum`` once ``path`` exists (the run reached that stage); the exit code and stderr."""
+    deadline = time.monotonic() + 240
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=240)
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path: Path, cache_dir: Path):
+    # the run directory's config is written just before the run imports and builds its model
+    process = start_cli(["debug=smoke", "budget=0.5", "hydra.run.dir=run"], tmp_path, cache_dir)
+    code, stderr = signal_when(process, tmp_path / "run" / ".hydra" / "config.yaml", signal.SIGINT)
+    assert code == EXIT_INTERRUPTED, stderr[-3000:]
+    assert "p3bench: interrupted by SIGINT" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_training_exits_130_and_resumes(signum: int, tmp_path: Path, cache_dir: Path):
+    args = [*SMOKE, "budget=0.5", "method=random", "test=false", "trainer.limit_val_batches=1"]
+    process = start_cli([*args, "trainer.max_epochs=200"], tmp_path, cache_dir)
+    code, stderr = signal_when(process, tmp_path / "run" / "checkpoints" / "epoch000.ckpt", signum)
+    name = signal.Signals(signum).name
+    assert code == EXIT_INTERRUPTED, stderr[-3000:]
+    assert f"p3bench: interrupted by {name}" in stderr and "Traceback" not in stderr
+    assert f"run interrupted by {name}" in (tmp_path / "run" / "run.log").read_text()
+    resumed = run_cli([*args, "trainer.max_epochs=1", "ckpt_path=last"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_results(tmp_path / "run")["compute"]["epochs_completed"] >= 1
+
+
+@pytest.mark.slow
+def test_user_error_in_a_run_goes_to_its_run_log(tmp_path: Path, cache_dir: Path):
+    """budget=401 is only known to exceed the pool once the data is loaded in the run: the report lists the
+    run as failed, with the one line as its reason."""
+    from p3bench.report.runs import FAILED, load_run
+
+    done = run_cli([*SMOKE, "method=random", "budget=401"], tmp_path, cache_dir)
+    assert done.returncode == 2
+    (line,) = [line for line in done.stderr.splitlines() if line.strip()]
+    record = load_run(tmp_path / "run")
+    assert record.status == FAILED and line.removeprefix("p3bench: error: ") in record.problem
