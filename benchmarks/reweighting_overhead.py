@@ -5,7 +5,9 @@ Each method trains ``--steps`` optimizer steps through the real Trainer, the wal
 taken from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, weights, logging, backward, optimizer
 step), the first ``--warmup`` steps are dropped, and the methods are run in turn ``--repeats`` times so
 that drifts in machine load hit all of them alike. The report is the median step time of each method over
-all its kept steps and its ratio to ERM's.
+all its kept steps and its ratio to ERM's. Every method draws its batches as ``loader.length_grouping`` says
+(50 unless overridden; the in-batch methods' own ``method.length_grouping`` is set to follow it), so that
+the methods differ in their weights only.
 
     python benchmarks/reweighting_overhead.py                                  # synthetic_math, tiny model
     python benchmarks/reweighting_overhead.py --overrides experiment=irdro_cpt_cpu --steps 60
@@ -58,6 +60,9 @@ def config(method: str, overrides: list[str], data_dir: str | None) -> DictConfi
         cfg = compose(config_name="config", overrides=[f"method={method}", *overrides, *extra])
     with open_dict(cfg):
         cfg.paths.output_dir = "."
+        if "length_grouping" in cfg.method:
+            # the same batches for every method: the in-batch methods' own batching follows the loader's
+            cfg.method.length_grouping = None
     return cfg
 
 

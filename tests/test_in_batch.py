@@ -1,10 +1,12 @@
-"""IR-DRO and MidRanking as methods (arXiv 2402.14270), through the real Trainer: the coefficients the
-model trains with, the parameter update they give, micro-batch grouping, burn-in, global normalisation
-under DDP, weight metrics and their oracle masses."""
+"""IR-DRO and MidRanking as methods (arXiv 2402.14270), through the real Trainer: the batches they weight
+(random by default, length-grouped on request), the coefficients the model trains with, the parameter update
+they give, micro-batch grouping, burn-in, global normalisation under DDP, weight metrics and their oracle
+masses."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 from functools import partial
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from p3bench.methods import METHODS
 from p3bench.models.factory import build_causal_lm
 from p3bench.models.module import SelectionLM
 from p3bench.models.tokenizer import train_local_tokenizer
+from p3bench.run import build_datamodule
 
 from .conftest import SMALL_LLAMA as ARCH
-from .conftest import find_run_dirs, read_results, run_cli
+from .conftest import compose_config, find_run_dirs, read_results, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,7 @@ def test_one_irdro_step_is_sgd_on_the_softmax_weighted_loss(parts):
 
 
 def test_irdro_with_a_huge_temperature_is_plain_erm(parts):
-    full, dm_full = make(parts, "full")
+    full, dm_full = make(parts, "full", length_grouping=1)  # the same random batches as irdro's default
     fit(full, dm_full, max_steps=3)
     hot, dm_hot = make(parts, "irdro", temperature=1e9)
     fit(hot, dm_hot, max_steps=3)
@@ -267,11 +270,84 @@ def test_bad_options_are_one_line_errors(parts):
         ("midranking", {"fraction": 1.5}, "fraction=1.5"),
         ("midranking", {"position": -1}, "position=-1"),
         ("midranking", {"fraction": 1.0, "position": 1}, "method.position=1"),
+        ("irdro", {"length_grouping": 0}, "method.length_grouping=0"),
+        ("midranking", {"length_grouping": 2.5}, "method.length_grouping=2.5"),
     ]
     for method, options, message in cases:
         with pytest.raises(ConfigError, match=message) as info:
             METHODS.get(method)(**base, **options)
         assert "\n" not in str(info.value)
+
+
+# which batches the weights compare ----------------------------------------------------------------------------
+
+
+def sorted_by_length_slices(batches: list[list[int]], lengths: list[int]) -> bool:
+    """Whether ``batches`` are consecutive slices of the examples sorted by length: ordered by their longest
+    example, no batch holds an example shorter than one of the next batch's."""
+    spans = sorted(([lengths[i] for i in b] for b in batches), key=max, reverse=True)
+    return all(min(a) >= max(b) for a, b in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("method", ["irdro", "midranking"])
+def test_batches_are_random_by_default_and_length_grouped_on_request(parts, method: str):
+    # 96 examples in batches of 8: a window of 50 batches holds the whole pool, so grouped batches are slices
+    # of it sorted by length; random batches mix lengths
+    drawn = {}
+    for grouping in (None, 50):
+        options = {} if grouping is None else {"length_grouping": grouping}
+        _, dm = make(parts, method, batch_size=8, **options)
+        assert dm.reweighting_summary()["length_grouping"] == (grouping or 1)
+        lengths = dm.token_lengths(range(len(dm.pool)))
+        batches = [b["index"].tolist() for b in dm.train_dataloader()]
+        assert sorted(i for b in batches for i in b) == list(range(len(dm.pool)))
+        drawn[grouping] = sorted_by_length_slices(batches, lengths)
+    assert drawn == {None: False, 50: True}
+
+
+def test_the_method_config_sets_the_grouping_and_null_follows_the_loader(tmp_path: Path, cache_dir: Path):
+    splits = load_synthetic_math(n_train=64, n_val=4, n_test=4, seed=2)
+    cases = [
+        (["method=irdro"], 1),
+        (["method=midranking"], 1),
+        (["method=irdro", "method.length_grouping=50"], 50),
+        (["method=midranking", "method.length_grouping=null", "loader.length_grouping=7"], 7),
+        (["method=full"], 50),  # other methods follow the loader
+    ]
+    for overrides, expected in cases:
+        dm = build_datamodule(compose_config(overrides, tmp_path, cache_dir), splits)
+        assert dm.length_grouping == expected, overrides
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "reference"),
+    [
+        ("irdro", {"temperature": 0.3}, lambda losses: irdro_weights(losses, 0.3)),
+        ("irdro", {"temperature": 0.3, "length_grouping": 50}, lambda losses: irdro_weights(losses, 0.3)),
+        ("midranking", {"fraction": 0.25}, lambda losses: midranking_weights(losses, 0.25, 1)),
+        (
+            "midranking",
+            {"fraction": 0.25, "length_grouping": 50},
+            lambda losses: midranking_weights(losses, 0.25, 1),
+        ),
+    ],
+)
+def test_training_weights_are_the_closed_form_on_the_batches_drawn(parts, method, options, reference):
+    """Through the Trainer (learning rate 0, so the model stays the initial one): every step weights a batch
+    drawn as configured, the losses weighted are those of that batch's examples, and the coefficients are
+    the closed form of those losses."""
+    module, dm = make(parts, method, optimizer=partial(torch.optim.SGD, lr=0.0), batch_size=8, **options)
+    initial = copy.deepcopy(module.model)
+    rec = Recorder(dm)
+    fit(module, dm, max_steps=12)  # one epoch
+    lengths = dm.token_lengths(range(len(dm.pool)))
+    batches = [index.tolist() for _, index, _ in rec.calls]
+    assert sorted(i for b in batches for i in b) == list(range(len(dm.pool)))
+    assert sorted_by_length_slices(batches, lengths) == (options.get("length_grouping", 1) == 50)
+    with torch.no_grad():
+        for losses, index, coefficients in rec.calls:
+            torch.testing.assert_close(losses, batch_losses(initial, dm, index), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(coefficients, reference(losses))
 
 
 # global normalisation under DDP ------------------------------------------------------------------------------
@@ -349,6 +425,7 @@ def test_ddp_run_with_global_normalisation_and_grouped_micro_batches(tmp_path: P
     assert results["compute"]["optimizer_steps"] == 2
     summary = results["selection"]["reweighting"]
     assert summary["normalise"] == "global" and summary["accumulate_micro_batches"] is True
+    assert summary["length_grouping"] == 1  # the method's own default: random batches
     assert summary["weighted_batches"] == 2
 
 

@@ -104,7 +104,7 @@ def test_static_difficulty_scores_once_and_keeps_the_initial_scores(parts, tmp_p
     assert second.diagnostics["admitted"] > first.diagnostics["admitted"]
 
 
-@pytest.mark.parametrize("method", ["hardest", "easiest", "curriculum", "spl", "p3_no_dpp", "p3_no_spl"])
+@pytest.mark.parametrize("method", ["hardest", "easiest", "curriculum", "p3_no_spl"])
 def test_ablations_and_baselines_select_what_they_say(parts, method):
     overrides: dict = {}
     module, dm = make(parts, method=method, **overrides)
@@ -126,8 +126,66 @@ def test_ablations_and_baselines_select_what_they_say(parts, method):
         assert record.forward_tokens == 0
     if method == "p3_no_spl":
         assert record.diagnostics["admitted"] == len(dm.pool)
-    if method == "spl":
-        assert dm.lambda0 is not None
+
+
+def initial_scores(parts, method: str, **kwargs) -> np.ndarray:
+    """The pool's scores under the initial model of a run with this seed (what round 0 selects with)."""
+    initial, dm = make(parts, method=method, **kwargs)
+    return np.asarray(dm.scorer.score(initial, dm.pool_items()).scores, dtype=float)
+
+
+def test_p3_no_dpp_takes_a_seeded_random_budget_among_the_easiest_admitted(parts):
+    module, dm = make(parts, method="p3_no_dpp", budget=0.1)
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    n, k = len(dm.pool), dm.budget_size
+    difficulty = 1.0 - np.clip(initial_scores(parts, "p3_no_dpp", budget=0.1), 0.0, 1.0)
+    # the pace's round 0 admits the easiest 20% (48 of 240, above 1.5 x the budget of 24: no floor)
+    admitted = int(np.ceil(0.2 * n))
+    assert record.diagnostics["admitted"] == admitted and not record.diagnostics["pace_floor_applied"]
+    assert record.diagnostics["pace_scheduled_fraction"] == pytest.approx(admitted / n)
+    ties = dm._tie_order()
+    ranked = ties[np.argsort(difficulty[ties], kind="stable")]
+    candidates = np.sort(ranked[:admitted])
+    # the budget is a uniform draw among them from the round's generator, not the easiest of them
+    expected = np.sort(np.random.default_rng([0, 0]).choice(candidates, size=k, replace=False))
+    assert record.ids == [dm.pool[i].id for i in expected]
+    assert set(record.ids) != {dm.pool[i].id for i in ranked[:k]}
+
+
+def test_spl_warms_up_then_admits_a_strict_subset_under_its_lambda(parts):
+    module, dm = make(parts, method="spl", budget=0.1)
+    trainer(None, max_epochs=3).fit(module, datamodule=dm)
+    warmup, first, second = dm.rounds
+    n = len(dm.pool)
+    # round 0 trains on a random budget of the whole pool; lambda0 is not set from the untrained model
+    assert warmup.diagnostics["pace_warmup"] and warmup.diagnostics["admitted"] == n
+    assert "pace_lambda" not in warmup.diagnostics
+    # round 1: lambda0 is the 20% quantile of the warmed-up model's losses, and only those are admitted
+    assert first.diagnostics["pace_lambda"] == pytest.approx(dm.lambda0)
+    assert first.diagnostics["admitted"] < n
+    assert first.diagnostics["admitted"] == pytest.approx(0.2 * n, abs=1)
+    assert max(-np.log(first.scores)) < dm.lambda0
+    # round 2 grows lambda by pace.growth; the admitted set is those with a loss under it
+    assert second.diagnostics["pace_lambda"] == pytest.approx(dm.lambda0 * 1.3)
+    assert max(-np.log(second.scores)) < dm.lambda0 * 1.3
+    assert not first.diagnostics["pace_floor_applied"]
+
+
+def test_pace_conflict_pace_trains_on_fewer_than_the_budget(parts):
+    # budget 0.3 (72) against a round-0 pace of 20% (48): the schedule wins, the round trains on all 48
+    module, dm = make(parts, method="p3_no_dpp", budget=0.3, pace={"conflict": "pace"})
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    assert record.diagnostics["admitted"] == len(record.ids) == 48 < dm.budget_size
+    assert not record.diagnostics["pace_floor_applied"]
+    # the default, conflict=budget: the budget wins, at least 1.5 x the budget is admitted
+    module, dm = make(parts, method="p3_no_dpp", budget=0.3)
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    assert record.diagnostics["admitted"] == 108 and len(record.ids) == dm.budget_size
+    assert record.diagnostics["pace_floor_applied"]
+    assert record.diagnostics["pace_scheduled_fraction"] == pytest.approx(48 / 240)
 
 
 def test_pass_rate_difficulty_through_the_trainer_uses_the_run_evaluator(parts):

@@ -132,6 +132,39 @@ def test_per_round_composition_and_overlap(tiny_sweep: Path):
     assert matrix[0][0] == 1.0 and 0.0 < matrix[0][1] < 1.0
 
 
+def test_pace_table_and_columns_are_the_runs_admitted_shares(tiny_sweep: Path, tmp_path: Path):
+    """p3_no_dpp records the pace's admitted share each round: the summary's pace table holds its mean over
+    seeds per round, runs.csv each run's mean over rounds; random records none and is in neither."""
+    report = build_report([tiny_sweep], tmp_path / "report", make_plots=False)
+    lines = report.markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | budget | seeds | share |"))
+    assert lines[start].endswith("| round 0 | round 1 | round 2 |")
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    admitted = {(r[0], r[1]): r[4:] for r in rows if r[3] == "admitted"}
+    assert sorted(admitted) == [("p3_no_dpp", b) for b in BUDGETS]
+    for budget in BUDGETS:
+        runs = [
+            r
+            for r in results_of(tiny_sweep)
+            if r["run"]["method"] == "p3_no_dpp" and str(r["run"]["budget"]) == budget
+        ]
+        assert len(runs) == 2
+        for k in range(3):
+            shares = [r["selection"]["rounds"][k]["diagnostics"]["admitted_fraction"] for r in runs]
+            assert admitted["p3_no_dpp", budget][k].rstrip("†") == f"{statistics.fmean(shares):.3f}"
+    for row in csv.DictReader((report.out_dir / "runs.csv").open()):
+        results = read_results(Path(row["run_dir"]))
+        shares = [r["diagnostics"].get("admitted_fraction") for r in results["selection"]["rounds"]]
+        if row["method"] == "random":
+            assert shares == [None] and row["admitted_fraction_round_mean"] == ""
+        else:
+            assert float(row["admitted_fraction_round_mean"]) == pytest.approx(statistics.fmean(shares))
+
+
 def break_runs(sweep: Path, target: Path) -> dict[str, str]:
     """A copy of the sweep with one corrupt, one unfinished, one failed and one never-started run."""
     shutil.copytree(sweep, target)
@@ -175,6 +208,8 @@ def test_figures_are_written_and_not_empty(tiny_sweep: Path, tmp_path: Path):
         "learning_curves",
         "selected_by_level_b0.3",
         "rounds_by_level_b0.3",
+        "pace_admitted_b0.3",
+        "pace_admitted_b0.6",
         "overlap_b0.6",
         "planted_defects",
     ]

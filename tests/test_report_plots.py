@@ -1,6 +1,7 @@
-"""The figures of ``p3bench report`` (p3bench/report/plots.py): every function writes a readable PNG and an
-SVG for realistic inputs and survives the edge cases (no data, one point, NaN sd, long names, 19+
-methods); the Pareto front matches a brute-force reference; method styles are deterministic and distinct."""
+"""The figures of ``p3bench report`` (p3bench/report/plots.py and the modules it re-exports): every function
+writes a readable PNG and an SVG for realistic inputs and survives the edge cases (no data, one point, NaN
+sd, long names, 19+ methods); the Pareto front matches a brute-force reference; method styles are
+deterministic and distinct; long titles wrap clear of the legend."""
 
 from __future__ import annotations
 
@@ -102,6 +103,48 @@ def round_counts(n_rounds: int) -> list[dict]:
     ]
 
 
+def pace_rows(n_rounds: int, offset: float = 0.0, floor_until: int = 1) -> list[dict]:
+    """A quantile pace (0.2 + 0.2 r) lifted to a floor of 0.45 in the first rounds, three seeds."""
+    return [
+        {
+            "round": r,
+            "admitted": max(0.45, min(1.0, 0.2 + 0.2 * r)) + offset,
+            "admitted_sd": 0.01,
+            "scheduled": min(1.0, 0.2 + 0.2 * r),
+            "floor_seeds": 3 if r <= floor_until else 0,
+            "n": 3,
+        }
+        for r in range(n_rounds)
+    ]
+
+
+def diversity_panels(methods: list[str], n_rounds: int) -> list[dict]:
+    """Overlap, mean cosine and effective rank panels: the pick, top-k and random variants per round."""
+
+    def line(level: float, i: int) -> dict[int, float]:
+        return {r: level + 0.01 * i + 0.005 * r for r in range(n_rounds)}
+
+    variants = {"DPP pick": 0.1, "top-k by quality": 0.3, "uniform random": 0.2}
+    return [
+        {
+            "title": "Overlap with the top-k by quality",
+            "series": {
+                m: {"DPP pick": line(0.4, i), "uniform random": line(0.6, 0)} for i, m in enumerate(methods)
+            },
+        },
+        {
+            "title": "Mean pairwise cosine",
+            "series": {
+                m: {v: line(level, i) for v, level in variants.items()} for i, m in enumerate(methods)
+            },
+        },
+        {
+            "title": "Effective rank",
+            "series": {m: {"DPP pick": line(40.0, i)} for i, m in enumerate(methods)},
+        },
+    ]
+
+
 def symmetric(n: int, seed: int = 0) -> list[list[float]]:
     rng = np.random.default_rng(seed)
     matrix = rng.uniform(0.05, 0.9, (n, n))
@@ -172,6 +215,33 @@ def test_round_histograms(tmp_path: Path) -> None:
     assert_paper_size(check_written(paths, stem))
 
 
+def test_admitted_share(tmp_path: Path) -> None:
+    stem = tmp_path / "pace"
+    series = {
+        "p3": pace_rows(10),
+        "p3_no_dpp": pace_rows(10, 0.01),
+        "spl": pace_rows(6, 0.02, floor_until=-1),
+    }
+    paths = plots.plot_admitted_share(
+        series, stem=stem, budget_fraction=0.3, title="p3_synthetic, budget 0.3"
+    )
+    assert_paper_size(check_written(paths, stem))
+    svg = stem.with_name("pace.svg").read_text()
+    assert "floor raised the admitted" in svg and "scheduled share" in svg and "budget (share" in svg
+
+
+def test_diversity(tmp_path: Path) -> None:
+    stem = tmp_path / "diversity"
+    paths = plots.plot_diversity(
+        diversity_panels(["p3", "dpp"], 10),
+        stem=stem,
+        variants=["DPP pick", "top-k by quality", "uniform random"],
+        seeds="mean over 3 seeds",
+        title="p3_synthetic, budget 0.3",
+    )
+    assert_paper_size(check_written(paths, stem))
+
+
 def test_overlap(tmp_path: Path) -> None:
     stem = tmp_path / "overlap"
     paths = plots.plot_overlap(symmetric(4), [*METHODS, "density"], stem=stem, title="budget 0.3")
@@ -213,6 +283,12 @@ def test_empty_inputs_write_nothing(tmp_path: Path) -> None:
         lambda: plots.plot_overlap([], [], stem=stem),
         lambda: plots.plot_defect_shares({}, stem=stem),
         lambda: plots.plot_defect_shares({"p3": {}}, stem=stem),
+        lambda: plots.plot_admitted_share({}, stem=stem),
+        lambda: plots.plot_admitted_share({"p3": [{"round": 0, "admitted": math.nan}]}, stem=stem),
+        lambda: plots.plot_diversity([], stem=stem),
+        lambda: plots.plot_diversity(
+            [{"title": "x", "series": {"p3": {"DPP pick": {0: math.nan}}}}], stem=stem
+        ),
     ]
     for call in calls:
         assert call() == []
@@ -256,6 +332,13 @@ def test_single_point_single_method_nan_sd_long_name(tmp_path: Path) -> None:
     stem = tmp_path / "defects"
     shares = {LONG: {"noisy": 0.1}, "p3": {"junk": math.nan}}
     check_written(plots.plot_defect_shares(shares, stem=stem, pool={"noisy": 0.05}, **FAST), stem, ("png",))
+    # one round, one seed, no scheduled share or floor, an unknown budget; a gap in a diversity series
+    stem = tmp_path / "pace"
+    one = {LONG: [{"round": 0, "admitted": 0.2, "admitted_sd": math.nan, "n": 1}]}
+    check_written(plots.plot_admitted_share(one, stem=stem, budget_fraction=math.nan, **FAST), stem, ("png",))
+    stem = tmp_path / "diversity"
+    panel = {"title": LONG, "series": {LONG: {"DPP pick": {0: 0.1, 1: math.nan, 2: 0.3}}}}
+    check_written(plots.plot_diversity([panel], stem=stem, **FAST), stem, ("png",))
 
 
 def test_many_methods(tmp_path: Path) -> None:
@@ -293,6 +376,11 @@ def test_many_methods(tmp_path: Path) -> None:
     stem = tmp_path / "defects"
     defects = {m: {"noisy": 0.01 * i, "junk": 0.02} for i, m in enumerate(methods)}
     check_written(plots.plot_defect_shares(defects, stem=stem, **FAST), stem, ("png",))
+    stem = tmp_path / "pace"
+    pace = {m: pace_rows(15, 0.002 * i) for i, m in enumerate(methods)}
+    check_written(plots.plot_admitted_share(pace, stem=stem, budget_fraction=0.1, **FAST), stem, ("png",))
+    stem = tmp_path / "diversity"
+    check_written(plots.plot_diversity(diversity_panels(methods, 15), stem=stem, **FAST), stem, ("png",))
 
 
 def test_bad_shapes_raise(tmp_path: Path) -> None:
@@ -303,6 +391,30 @@ def test_bad_shapes_raise(tmp_path: Path) -> None:
             [{"label": "a", "x": [1, 2], "y": [1.0], "y_sd": None}], stem=tmp_path / "x"
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_long_titles_wrap_clear_of_the_legend() -> None:
+    from matplotlib.lines import Line2D
+
+    from p3bench.report.plot_style import add_legend, add_title, new_figure
+
+    title = "p3_synthetic_sweep / synthetic_math (tiny, iso_epoch, a long variant label), budget 0.3"
+    for panels in (False, True):
+        fig, axes = new_figure()
+        axes[0, 0].plot([0, 1], [0, 1])
+        add_legend(
+            fig, [Line2D([], [])], ["perplexity_xxl @ 0.3 with a long label"], title="mean over 3 seeds"
+        )
+        add_title(fig, title, panels=panels)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        text = fig._suptitle if panels else axes[0, 0].title
+        assert "\n" in text.get_text() and text.get_text().replace("\n", " ") == title
+        assert not text.get_window_extent(renderer).overlaps(fig.legends[0].get_window_extent(renderer))
+    # a short title stays on one line
+    fig, axes = new_figure()
+    add_title(fig, "budget 0.3")
+    assert axes[0, 0].title.get_text() == "budget 0.3"
 
 
 def test_stem_with_dots_and_new_folder(tmp_path: Path) -> None:

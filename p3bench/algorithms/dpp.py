@@ -23,7 +23,13 @@ Entry points
 - :func:`greedy_map_lowrank`: ``L = diag(q) (F F^T + ridge I) diag(q)`` without forming ``L`` and
   without the ``N x k`` factor: at most ``O(N d)`` per pick instead of ``O(N t)``, with lazy blocked
   updates that make most picks much cheaper (same picks).
-- :func:`dpp_select`: what selection methods call (cosine or RBF similarity, budget fill policy).
+- :func:`~p3bench.algorithms.dpp_blocked.greedy_map_blocked` (its own module): the same greedy with
+  blocked matrix-matrix updates on kernel columns computed a block at a time, for full-rank kernels and
+  budgets of thousands (the ``rbf_blocked`` kernel, :mod:`p3bench.algorithms.dpp_kernels`).
+- :func:`dpp_select`: what selection methods call (``kernel``: cosine, rbf or rbf_blocked similarity;
+  budget fill policy). With MiniLM's 384 dimensions the cosine kernel's rank is used up after a few
+  hundred picks and the rest go by quality alone; ``rbf_blocked`` stays diverse at any budget the bench
+  runs (``benchmarks/dpp_diversity.py``).
 
 Conditioning
 ------------
@@ -45,15 +51,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from p3bench.algorithms.dpp_common import (
+    BANDWIDTH_SAMPLE,
+    DPPResult,
+    as_matrix,
+    as_quality,
+    check_eps,
+    check_k,
+    check_ridge,
+    log_det,
+    normalise_rows,
+    rbf_bandwidth,
+)
+from p3bench.algorithms.dpp_kernels import RBF_BLOCKED_BANDWIDTH_SCALE, RBF_BLOCKED_RIDGE, rbf_blocked_greedy
 from p3bench.utils.progress import progress_bar
 
 __all__ = [
     "BANDWIDTH_SAMPLE",
+    "DEFAULT_RIDGE",
     "FILLS",
     "KERNELS",
     "DPPResult",
@@ -65,103 +84,13 @@ __all__ = [
     "rbf_bandwidth",
 ]
 
-KERNELS: tuple[str, ...] = ("cosine", "rbf")
+KERNELS: tuple[str, ...] = ("cosine", "rbf", "rbf_blocked")
 FILLS: tuple[str, ...] = ("ridge", "restart")
-#: Number of candidates sampled (seeded, without replacement) for the default RBF bandwidth.
-BANDWIDTH_SAMPLE = 1000
+#: :func:`dpp_select`'s ridge when none is given. rbf_blocked's is smaller: its kernel is full rank, and a
+#: larger ridge is a quality-only term that decides the later picks (benchmarks/dpp_diversity.py).
+DEFAULT_RIDGE: dict[str, float] = {"cosine": 1e-3, "rbf": 1e-3, "rbf_blocked": RBF_BLOCKED_RIDGE}
 
 RowFn = Callable[[int], NDArray[np.float64]]
-
-
-@dataclass(frozen=True)
-class DPPResult:
-    """The outcome of a greedy MAP run.
-
-    Attributes:
-        indices: the picked candidates, in pick order (int64). Preselected items are not included.
-        gains: ``d_i^2`` of each pick when it was picked, i.e. ``exp`` of the log-det increment
-            ``log det(L_{Y+i}) - log det(L_Y)`` (conditional on the preselected items).
-        stopped_early: True when fewer than ``k`` items were returned because the best gain fell below
-            ``eps`` (the kernel's rank, conditional on the preselected items, is used up).
-        n_fill: how many trailing picks did not come from the greedy iteration proper: the rank-exhausted
-            ridge fill of :func:`greedy_map_lowrank` (only when every residual is below ``rank_tol``, see
-            there; 0 for non-degenerate data) or the picks made after the first restart with
-            ``fill="restart"`` (their gains are relative to their own restart).
-    """
-
-    indices: NDArray[np.int64]
-    gains: NDArray[np.float64]
-    stopped_early: bool
-    n_fill: int = 0
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    @property
-    def log_det(self) -> float:
-        """``sum(log(gains))``: ``log det(L_{P+Y}) - log det(L_P)`` for picks ``Y`` given preselected ``P``
-        (``log det(L_Y)`` when nothing was preselected). Not meaningful across restarts."""
-        return float(np.sum(np.log(self.gains)))
-
-
-def log_det(kernel: ArrayLike, indices: Sequence[int] | NDArray[np.integer]) -> float:
-    """``log det(kernel[indices][:, indices])`` by ``np.linalg.slogdet``; ``-inf`` when it is singular or
-    not positive. The empty set has log-det 0."""
-    idx = np.asarray(indices, dtype=np.int64)
-    if idx.size == 0:
-        return 0.0
-    sub = np.asarray(kernel, dtype=np.float64)[np.ix_(idx, idx)]
-    sign, value = np.linalg.slogdet(sub)
-    return float(value) if sign > 0 else -math.inf
-
-
-# --------------------------------------------------------------------------------------------------------
-# Validation helpers
-
-
-def _check_k(k: int, n_candidates: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k={k!r} is not an integer: expected a budget 0 <= k <= {n_candidates}")
-    if k < 0:
-        raise ValueError(f"k={k} is negative: expected a budget 0 <= k <= {n_candidates}")
-    if k > n_candidates:
-        raise ValueError(
-            f"budget k={k} exceeds the number of candidates ({n_candidates}): expected k <= {n_candidates}"
-        )
-    return int(k)
-
-
-def _check_eps(eps: float) -> float:
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps={eps} is invalid: expected a finite value >= 0")
-    return float(eps)
-
-
-def _as_matrix(x: ArrayLike, name: str) -> NDArray[np.float64]:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name} has shape {a.shape}: expected a 2-d array")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
-
-
-def _as_quality(quality: ArrayLike | None, n: int, name: str = "quality") -> NDArray[np.float64]:
-    if quality is None:
-        return np.ones(n)
-    q = np.asarray(quality, dtype=np.float64)
-    if q.shape != (n,):
-        raise ValueError(f"{name} has shape {q.shape}: expected ({n},), one value per row")
-    if not np.all(np.isfinite(q)) or (n and q.min() <= 0):
-        bad = q[~(np.isfinite(q) & (q > 0))][0]
-        raise ValueError(f"{name} must be finite and > 0: got {bad}")
-    return q
-
-
-def _check_ridge(ridge: float) -> float:
-    if not (math.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge={ridge} is invalid: expected a finite value >= 0")
-    return float(ridge)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -205,8 +134,8 @@ def greedy_map_rows(
     if n_cand < n and not np.isin(np.arange(n_cand, n), forced_idx).all():
         raise ValueError("items at or beyond n_candidates must all be forced")
     n_available = n_cand - np.unique(forced_idx[forced_idx < n_cand]).size
-    k = _check_k(k, n_available)
-    eps = _check_eps(eps)
+    k = check_k(k, n_available)
+    eps = check_eps(eps)
 
     cand = d2[:n_cand]  # view: picked and forced items are set to -inf
     factor = np.empty((forced_idx.size + k, n))  # row t: e over all items at step t (C transposed)
@@ -268,7 +197,7 @@ def greedy_map(
     ``d_i^2`` falls below ``eps``. Only ``kernel[j, :]`` rows are read (the kernel is assumed symmetric).
     ``progress``: a progress bar (see :func:`greedy_map_rows`).
     """
-    mat = _as_matrix(kernel, "kernel")
+    mat = as_matrix(kernel, "kernel")
     if mat.shape[0] != mat.shape[1]:
         raise ValueError(f"kernel has shape {mat.shape}: expected a square N x N matrix")
     return greedy_map_rows(
@@ -372,25 +301,25 @@ def greedy_map_lowrank(
         block: picks between two full updates (speed only; the picks do not depend on it).
         progress: a progress bar over the picks, updated once per block.
     """
-    F = _as_matrix(features, "features")
+    F = as_matrix(features, "features")
     n, dim = F.shape
-    k = _check_k(k, n)
-    eps = _check_eps(eps)
-    ridge = _check_ridge(ridge)
+    k = check_k(k, n)
+    eps = check_eps(eps)
+    ridge = check_ridge(ridge)
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise ValueError(f"block={block!r} is invalid: expected an integer >= 1")
-    q = _as_quality(quality, n)
+    q = as_quality(quality, n)
     if preselected_features is None:
         if preselected_quality is not None:
             raise ValueError("preselected_quality is given without preselected_features")
         P = np.empty((0, dim))
     else:
-        P = _as_matrix(preselected_features, "preselected_features")
+        P = as_matrix(preselected_features, "preselected_features")
         if P.shape[1] != dim:
             raise ValueError(
                 f"preselected_features has {P.shape[1]} columns: expected {dim}, as many as features"
             )
-    qp = _as_quality(preselected_quality, P.shape[0], "preselected_quality")
+    qp = as_quality(preselected_quality, P.shape[0], "preselected_quality")
 
     B = F * q[:, None]
     norms2 = np.einsum("ij,ij->i", B, B)
@@ -497,34 +426,6 @@ def greedy_map_lowrank(
 # RBF kernel and the entry point
 
 
-def _normalise(F: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Rows scaled to unit L2 norm; all-zero rows stay zero."""
-    norms = np.linalg.norm(F, axis=1, keepdims=True)
-    return F / np.where(norms > 0, norms, 1.0)
-
-
-def _sq_dists(X: NDArray[np.float64], Y: NDArray[np.float64]) -> NDArray[np.float64]:
-    sx = np.einsum("ij,ij->i", X, X)
-    sy = np.einsum("ij,ij->i", Y, Y)
-    return np.maximum(sx[:, None] + sy[None, :] - 2.0 * (X @ Y.T), 0.0)
-
-
-def rbf_bandwidth(features: ArrayLike, *, sample: int = BANDWIDTH_SAMPLE, seed: int = 0) -> float:
-    """The median heuristic: the median Euclidean distance between distinct rows of ``features``, over
-    all pairs of a seeded sample of ``sample`` rows (all rows when there are fewer). Falls back to 1.0
-    when it is 0 or there are fewer than two rows. :func:`dpp_select` calls it on the L2-normalised
-    candidates."""
-    X = np.asarray(features, dtype=np.float64)
-    n = X.shape[0]
-    if n < 2:
-        return 1.0
-    if n > sample:
-        X = X[np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))]
-    dist = np.sqrt(_sq_dists(X, X)[np.triu_indices(X.shape[0], k=1)])
-    h = float(np.median(dist))
-    return h if h > 0 else 1.0
-
-
 def _rbf_greedy(
     X: NDArray[np.float64],
     q: NDArray[np.float64],
@@ -571,7 +472,7 @@ def dpp_select(
     *,
     quality: ArrayLike | None = None,
     kernel: str = "cosine",
-    ridge: float = 1e-3,
+    ridge: float | None = None,
     bandwidth: float | None = None,
     fill: str = "ridge",
     preselected_features: ArrayLike | None = None,
@@ -591,13 +492,23 @@ def dpp_select(
         kernel: ``"cosine"``: ``S = F F^T`` (low-rank path, :func:`greedy_map_lowrank`, ``O(N d)`` per
             pick). ``"rbf"``: ``S_ij = exp(-||f_i - f_j||^2 / (2 bandwidth^2))``, full rank, rows computed
             from the features on the fly (:func:`greedy_map_rows`, ``O(N k (k + d))`` time and an
-            ``N x k`` factor in memory: fine up to a few thousand candidates).
-        ridge: ``>= 0`` added to the diagonal of ``S``. It keeps the kernel full rank, so a budget larger
-            than the rank of the embeddings is met (cosine: the picks beyond the rank are the remaining
-            candidates by decreasing quality, see :func:`greedy_map_lowrank`). With ``ridge=0`` and
-            ``fill="ridge"`` the result may have fewer than ``k`` items (``stopped_early``).
+            ``N x k`` factor in memory: fine up to a few thousand candidates). ``"rbf_blocked"``: the same
+            RBF similarity with its own defaults (bandwidth ``RBF_BLOCKED_BANDWIDTH_SCALE`` = 2 x the
+            median distance, ridge 1e-4), computed in column blocks in float32 by the blocked greedy
+            (:mod:`p3bench.algorithms.dpp_kernels`, :func:`~p3bench.algorithms.dpp_blocked.greedy_map_blocked`):
+            ``O(N k^2 / 2)`` in matrix products, diverse at budgets far beyond the embedding dimension
+            (0.7-1.3 s at ``N = 10,000, k = 1,000``, 3-8 s at ``N = 7,500, k = 5,000`` on two busy cores,
+            ``benchmarks/README.md``). Its picks agree with the float64 greedy except on near-ties within
+            float32 rounding.
+        ridge: ``>= 0`` added to the diagonal of ``S``; ``None``: the kernel's default,
+            ``DEFAULT_RIDGE[kernel]`` (1e-3 for cosine and rbf, 1e-4 for rbf_blocked). It keeps the kernel
+            full rank, so a budget larger than the rank of the embeddings is met (cosine: the picks beyond
+            the rank are the remaining candidates by decreasing quality, see :func:`greedy_map_lowrank`).
+            With ``ridge=0`` and ``fill="ridge"`` the result may have fewer than ``k`` items
+            (``stopped_early``).
         bandwidth: RBF bandwidth; default :func:`rbf_bandwidth` of the normalised candidates (median
-            pairwise distance of a seeded sample of up to ``BANDWIDTH_SAMPLE`` rows).
+            pairwise distance of a seeded sample of up to ``BANDWIDTH_SAMPLE`` rows), times
+            ``RBF_BLOCKED_BANDWIDTH_SCALE`` for ``"rbf_blocked"``.
         fill: ``"ridge"``: one greedy run on the ridged kernel. ``"restart"``: the P3 public code's
             behaviour when the budget exceeds the kernel's rank: ``ridge`` is not used; when the greedy
             stops early the picked items are removed and the greedy reruns on the rest (unconditioned),
@@ -605,8 +516,8 @@ def dpp_select(
         preselected_features, preselected_quality: items to condition on (e.g. earlier rounds' picks);
             not candidates, not returned, not counted in ``k``.
         eps: stop a greedy run when the best gain falls below ``eps``.
-        progress: a progress bar over each greedy run (the RBF path also counts the preselected items, whose
-            kernel rows it computes).
+        progress: a progress bar over each greedy run (the RBF paths also count the preselected items, whose
+            kernel rows they compute).
 
     Raises:
         ValueError: unknown ``kernel`` or ``fill``, ``k`` larger than the number of candidates,
@@ -616,26 +527,26 @@ def dpp_select(
         raise ValueError(f"kernel={kernel!r} is unknown: expected one of {', '.join(KERNELS)}")
     if fill not in FILLS:
         raise ValueError(f"fill={fill!r} is unknown: expected one of {', '.join(FILLS)}")
-    F = _normalise(_as_matrix(features, "features"))
+    F = normalise_rows(as_matrix(features, "features"))
     n, dim = F.shape
-    k = _check_k(k, n)
-    q = _as_quality(quality, n)
-    ridge = _check_ridge(ridge)
-    eps = _check_eps(eps)
+    k = check_k(k, n)
+    q = as_quality(quality, n)
+    ridge = check_ridge(DEFAULT_RIDGE[kernel] if ridge is None else ridge)
+    eps = check_eps(eps)
     if preselected_features is None:
         if preselected_quality is not None:
             raise ValueError("preselected_quality is given without preselected_features")
         P = np.empty((0, dim))
     else:
-        P = _normalise(_as_matrix(preselected_features, "preselected_features"))
+        P = normalise_rows(as_matrix(preselected_features, "preselected_features"))
         if P.shape[1] != dim:
             raise ValueError(
                 f"preselected_features has {P.shape[1]} columns: expected {dim}, as many as features"
             )
-    qp = _as_quality(preselected_quality, P.shape[0], "preselected_quality")
-    if kernel == "rbf":
+    qp = as_quality(preselected_quality, P.shape[0], "preselected_quality")
+    if kernel in ("rbf", "rbf_blocked"):
         if bandwidth is None:
-            bandwidth = rbf_bandwidth(F)
+            bandwidth = rbf_bandwidth(F) * (RBF_BLOCKED_BANDWIDTH_SCALE if kernel == "rbf_blocked" else 1.0)
         elif not (math.isfinite(bandwidth) and bandwidth > 0):
             raise ValueError(f"bandwidth={bandwidth} is invalid: expected a finite value > 0")
 
@@ -655,7 +566,8 @@ def dpp_select(
                 eps=eps,
                 progress=progress,
             )
-        return _rbf_greedy(
+        rbf = rbf_blocked_greedy if kernel == "rbf_blocked" else _rbf_greedy
+        return rbf(
             X, qx, budget, ridge=r, bandwidth=float(bandwidth), P=Px, qp=qpx, eps=eps, progress=progress
         )
 

@@ -5,6 +5,7 @@ from p3bench.registry import Registry
 METHODS: Registry = Registry("method")
 METHODS.register_lazy("full", "p3bench.methods.simple:FullData")
 METHODS.register_lazy("random", "p3bench.methods.simple:RandomSubset")
+METHODS.register_lazy("random_dynamic", "p3bench.methods.simple:RandomEachRound")
 # P3 (arXiv 2408.05541) and the ablations and baselines built from its parts
 for _name, _cls in {
     "p3": "P3",

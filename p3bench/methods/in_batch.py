@@ -15,6 +15,14 @@ losses (:mod:`p3bench.algorithms.reweighting`):
 
 Options shared by both:
 
+- ``length_grouping``: how the training batches are drawn, since the weights compare the examples of one
+  batch. ``1`` (the default, as the public code's random batches): plain shuffling, every batch a uniform
+  draw from the pool. ``k > 1``: the run's length-grouped batching (each window of ``k`` batches sorted by
+  length before it is cut into batches). On ``synthetic_math`` length follows difficulty level, so grouped
+  batches hold examples of nearly one level and the weights then compare examples of that level only (flatter
+  IR-DRO weights, no shift of the weight towards harder levels, less weight on planted junk; measured in
+  ``experiments/irdro/README.md``). In the config ``null`` follows ``loader.length_grouping``; the value in
+  force is in the results (``selection.reweighting.length_grouping``).
 - ``normalise``: ``device`` (the public code: each process normalises over its own micro-batch) or
   ``global`` (all-gather the losses of every process and normalise over the global batch; each process's
   coefficients are its slice, multiplied by the world size because data-parallel training averages the
@@ -66,7 +74,9 @@ ORACLE_FIELDS = {"noisy": "is_noisy", "junk": "is_junk", "duplicate": "is_duplic
 
 
 class InBatchReweighting(SelectionDataModule):
-    """The whole pool, each batch's losses reweighted by :meth:`batch_weights`. See the module docstring."""
+    """The whole pool, each batch's losses reweighted by :meth:`batch_weights`, over random batches unless
+    ``length_grouping > 1`` (the base class's default is the loader's grouping, 50). See the module
+    docstring."""
 
     name: ClassVar[str] = "in_batch"
     uses_budget = False
@@ -77,9 +87,15 @@ class InBatchReweighting(SelectionDataModule):
         normalise: str = "device",
         burn_in_steps: int = 0,
         accumulate_micro_batches: bool = False,
+        length_grouping: int = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        if isinstance(length_grouping, bool) or not isinstance(length_grouping, int) or length_grouping < 1:
+            raise ConfigError(
+                f"method.length_grouping={length_grouping!r}: expected an integer >= 1 (1: random batches) "
+                "or null (loader.length_grouping)"
+            )
+        super().__init__(*args, length_grouping=length_grouping, **kwargs)
         self.normalise = choice("normalise", normalise, NORMALISATIONS)
         if isinstance(burn_in_steps, bool) or not isinstance(burn_in_steps, int) or burn_in_steps < 0:
             raise ConfigError(f"method.burn_in_steps={burn_in_steps!r}: expected an integer >= 0")
@@ -118,6 +134,7 @@ class InBatchReweighting(SelectionDataModule):
             "normalise": self.normalise,
             "burn_in_steps": self.burn_in_steps,
             "accumulate_micro_batches": self.accumulate_micro_batches,
+            "length_grouping": self.length_grouping,
         }
 
     def setup(self, stage: str | None = None) -> None:

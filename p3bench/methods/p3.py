@@ -26,13 +26,29 @@ or not the embedding cache served the vectors (and not again after a resume).
 Departures from the paper and its public code (2408.05541's method section and results could not be
 checked; the public code is the reference): the policy embedding is the mean-pooled last hidden state of
 the response (the code's first-token state is degenerate under causal attention), or the packaged MiniLM
-sentence embedder (default) or TF-IDF; the budget is a fraction of the pool per round rather than a fixed
-1,000; a budget beyond the rank of the embedding kernel is met by a ridge, ``S = F F^T + ridge I``, which
-makes the kernel full rank (or by the code's restarts, ``dpp.fill=restart``); the step score is computed in
-one pass instead of one per line (same value under causal attention). Beyond the embedding dimension the
-ridge kernel's repulsion weakens (a candidate's remaining similarity decays roughly like
-``ridge * q^2 * d / picks``), so quality weighs more in later picks; ``dpp.kernel=rbf`` keeps strong
-repulsion at any size, at O(N k^2) cost (pools of a few thousand).
+sentence embedder (default) or TF-IDF; the step score is computed in one pass instead of one per line (same
+value under causal attention). The similarity of the default kernel (``dpp.kernel=rbf_blocked``) is an RBF
+of the normalised embeddings (twice the median pairwise distance as bandwidth, a ridge of 1e-4) instead of
+the code's cosine:
+with 384-dimensional MiniLM features the cosine kernel has rank 384, so beyond a few hundred picks its
+greedy ranks by quality alone (at 5,000 of 7,500 admitted it picked 93-99% of the top-k easiest), while the
+code's 7B hidden states have thousands of dimensions, above its 1,000 picks a round. The RBF kernel is full
+rank and keeps the pick more diverse than both the top-k easiest and a random subset of the admitted at the
+budgets the bench runs (``benchmarks/dpp_diversity.py``); ``dpp.kernel=cosine`` is the code's similarity,
+with a ridge ``S = F F^T + ridge I`` (or the code's restarts, ``dpp.fill=restart``) for budgets beyond its
+rank. The quality enters as ``q = score ** dpp.quality_exponent`` (default 0.5; the code's is 1): in the
+greedy's objective ``log det L_Y = 2 a sum_Y log q + log det S_Y`` an exponent ``a`` weighs quality against
+diversity as the trade-off ``theta = 2a / (1 + 2a)`` of Chen et al. (arXiv 1709.05135, Sec. 4), so 0.5 gives
+them equal weight, where the code's 1 (theta = 2/3) let the easiest clusters win once the model separates
+easy from hard: with it (and a ridge of 1e-3), in the third and fifth rounds of the default run the pick's
+cosine log-det fell below a random subset's.
+Every round that runs the DPP records the check in its diagnostics: ``diversity_*`` (overlap with the
+top-k easiest admitted, next to a random subset's expected overlap; mean pairwise cosine, cosine log-det and
+mean score of the pick, of the top-k and of a random subset) and ``dpp_kernel_effective_rank``. The budget
+is a count or a fraction of the pool per round; the P3 experiments use the code's 1,000 a round over five
+rounds (or the same ratio to the pool). When the pace admits fewer than ``pace.candidate_factor`` x the
+budget, ``pace.conflict`` says which wins: ``budget`` (default; the floor is recorded as
+``pace_floor_applied``) or ``pace`` (the round trains on the admitted only).
 """
 
 from __future__ import annotations
@@ -40,11 +56,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 
-from p3bench.algorithms.dpp import FILLS, KERNELS, dpp_select
+from p3bench.algorithms.diversity import KERNEL_RANK_SAMPLE, kernel_effective_rank, selection_diversity
+from p3bench.algorithms.dpp import DEFAULT_RIDGE, FILLS, KERNELS, dpp_select
 from p3bench.algorithms.pace import SelfPacedSchedule
 from p3bench.embeddings import build_embedder, cached_embeddings_counted
 from p3bench.errors import ConfigError
@@ -60,6 +78,7 @@ CONDITIONS = ("previous", "all", "none")
 TEXTS = ("prompt", "target", "prompt_and_target")
 SOFT_WEIGHTS = ("hard", "linear", "log")
 PACE_MODES = ("quantile", "lambda")
+CONFLICTS = ("budget", "pace")
 
 DIFFICULTY_DEFAULTS: dict[str, Any] = {
     "scorer": "likelihood",
@@ -77,17 +96,20 @@ PACE_DEFAULTS: dict[str, Any] = {
     "weights": "hard",
     "min_weight": 0.05,
     "candidate_factor": 1.5,
+    "conflict": "budget",
+    "warmup_rounds": 0,
 }
 DPP_DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "embedder": "minilm",
     "embedder_kwargs": {},
     "text": "prompt_and_target",
-    "kernel": "cosine",
-    "ridge": 1e-3,
+    "kernel": "rbf_blocked",
+    "ridge": None,
     "bandwidth": None,
     "fill": "ridge",
     "quality": True,
+    "quality_exponent": 0.5,
     "condition_on": "previous",
 }
 
@@ -133,6 +155,10 @@ class P3(SelectionDataModule):
         choice("dpp.condition_on", self.dpp_cfg["condition_on"], CONDITIONS)
         choice("dpp.text", self.dpp_cfg["text"], TEXTS)
         choice("pace.mode", self.pace_cfg["mode"], PACE_MODES)
+        choice("pace.conflict", self.pace_cfg["conflict"], CONFLICTS)
+        warmup = self.pace_cfg["warmup_rounds"]
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ConfigError(f"method.pace.warmup_rounds={warmup!r} must be an integer >= 0")
         choice("dpp.kernel", self.dpp_cfg["kernel"], KERNELS)
         choice("dpp.fill", self.dpp_cfg["fill"], FILLS)
         if self.pace_cfg["lambda0"] is not None and not float(self.pace_cfg["lambda0"]) > 0:
@@ -151,6 +177,10 @@ class P3(SelectionDataModule):
                 f"method.dpp.embedder=policy needs the likelihood scorer's pass: difficulty.scorer={scorer_name!r}"
                 " has none (use likelihood, or an embedder such as minilm)"
             )
+        self._check_pace_options()
+        exponent = self.dpp_cfg["quality_exponent"]
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
+            raise ConfigError(f"method.dpp.quality_exponent={exponent!r} must be a number > 0")
         if float(self.pace_cfg["candidate_factor"]) < 1.0:
             raise ConfigError(
                 f"method.pace.candidate_factor={self.pace_cfg['candidate_factor']} must be >= 1"
@@ -167,6 +197,24 @@ class P3(SelectionDataModule):
         # whether an earlier round of this run counted the DPP embedder's forward tokens
         self.embedding_tokens_counted = False
         self._ties: np.ndarray | None = None
+
+    def _check_pace_options(self) -> None:
+        """The pace's start, step and growth, checked at construction (one line naming the key), by building
+        the schedule the rounds will use with a stand-in lambda0 where it is set later."""
+        cfg = self.pace_cfg
+        if not cfg["enabled"]:
+            return
+        try:
+            if cfg["mode"] == "lambda":
+                lambda0 = 1.0 if cfg["lambda0"] is None else float(cfg["lambda0"])
+                SelfPacedSchedule(mode="lambda", lambda0=lambda0, growth=cfg["growth"])
+            else:
+                SelfPacedSchedule(mode="quantile", start=cfg["start"], step=cfg["step"])
+        except (TypeError, ValueError) as err:
+            key = next((k for k in ("start", "step", "growth", "lambda0") if str(err).startswith(k)), "mode")
+            raise ConfigError(
+                f"method.pace.{key}={cfg.get(key)!r} is invalid for method {self.name!r}: {err}"
+            ) from None
 
     # state ---------------------------------------------------------------------------------------------------
     def method_state(self) -> dict[str, Any]:
@@ -190,25 +238,19 @@ class P3(SelectionDataModule):
         scores = np.clip(np.asarray(result.scores, dtype=float), 0.0, 1.0)
         difficulty = self._difficulty(scores)
 
-        admitted = np.ones(n, dtype=bool)
-        schedule = None
-        if self.pace_cfg["enabled"]:
-            schedule = self._schedule(difficulty)
-            # equal difficulties are cut in a fixed pseudo-random order of the ids, not the pool's order
-            order = self._tie_order()
-            admitted = np.empty(n, dtype=bool)
-            admitted[order] = schedule.admitted(difficulty[order], ctx.round)
-        candidates = np.flatnonzero(admitted)
         diagnostics: dict[str, Any] = {
             "scorer": self.scorer.name,
             "scored_this_round": result.forward_tokens > 0 or not self.scorer.needs_model,
             "mean_score": float(scores.mean()),
-            "admitted": int(len(candidates)),
-            "admitted_fraction": len(candidates) / n,
-            **{f"score_{key}": value for key, value in result.diagnostics.items() if np.isscalar(value)},
         }
-        if schedule is not None:
-            diagnostics["pace_threshold"] = float(schedule.threshold(difficulty, ctx.round))
+        admitted, schedule, pace_round, pace_info = self.pace(difficulty, ctx.round)
+        diagnostics.update(pace_info)
+        candidates = np.flatnonzero(admitted)
+        diagnostics["admitted"] = int(len(candidates))
+        diagnostics["admitted_fraction"] = len(candidates) / n
+        diagnostics.update(
+            {f"score_{key}": value for key, value in result.diagnostics.items() if np.isscalar(value)}
+        )
 
         if self.dpp_cfg["enabled"] and len(candidates) > k:
             chosen, dpp_info, dpp_tokens = self._dpp(ctx, candidates, scores, result)
@@ -221,7 +263,7 @@ class P3(SelectionDataModule):
         if schedule is not None and self.pace_cfg["weights"] != "hard":
             order = self._tie_order()
             soft = np.empty(len(self.pool))
-            soft[order] = schedule.soft_weights(difficulty[order], ctx.round, self.pace_cfg["weights"])
+            soft[order] = schedule.soft_weights(difficulty[order], pace_round, self.pace_cfg["weights"])
             soft = soft[chosen]
             weights = np.maximum(soft, float(self.pace_cfg["min_weight"])).tolist()
         previous = set(self.rounds[-1].ids) if self.rounds else set()
@@ -240,6 +282,35 @@ class P3(SelectionDataModule):
         )
 
     # parts -----------------------------------------------------------------------------------------------------
+    def pace(
+        self, difficulty: np.ndarray, round_index: int
+    ) -> tuple[np.ndarray, SelfPacedSchedule | None, int, dict[str, Any]]:
+        """The round's admitted mask over the pool, the schedule that made it (None when the pace is off or
+        warming up), the schedule's own round (``round_index - pace.warmup_rounds``) and the diagnostics:
+        ``pace_scheduled_fraction`` (what the schedule alone admits), ``pace_floor_applied`` (the budget's
+        floor raised it), ``pace_threshold`` and, in lambda mode, ``pace_lambda``."""
+        n = len(difficulty)
+        pace_round = round_index - int(self.pace_cfg["warmup_rounds"])
+        if not self.pace_cfg["enabled"]:
+            return np.ones(n, dtype=bool), None, pace_round, {}
+        if pace_round < 0:
+            return np.ones(n, dtype=bool), None, pace_round, {"pace_warmup": True}
+        schedule = self._schedule(difficulty)
+        # equal difficulties are cut in a fixed pseudo-random order of the ids, not the pool's order
+        order = self._tie_order()
+        admitted = np.empty(n, dtype=bool)
+        admitted[order] = schedule.admitted(difficulty[order], pace_round)
+        scheduled = int(replace(schedule, min_admitted=0).admitted(difficulty, pace_round).sum())
+        info: dict[str, Any] = {
+            "pace_round": pace_round,
+            "pace_scheduled_fraction": scheduled / n,
+            "pace_floor_applied": bool(admitted.sum() > scheduled),
+            "pace_threshold": float(schedule.threshold(difficulty, pace_round)),
+        }
+        if self.pace_cfg["mode"] == "lambda":
+            info["pace_lambda"] = float(schedule.lambda_at(pace_round))
+        return admitted, schedule, pace_round, info
+
     def _scores(self, ctx: SelectionContext, want_features: bool) -> tuple[ScoreResult, int]:
         """This round's scores: fresh from the current model, or the initial model's when static."""
         static = not self.difficulty_cfg["dynamic"]
@@ -276,12 +347,17 @@ class P3(SelectionDataModule):
 
     def _schedule(self, difficulty: np.ndarray) -> SelfPacedSchedule:
         cfg = self.pace_cfg
-        min_admitted = min(len(difficulty), math.ceil(float(cfg["candidate_factor"]) * self.budget_size))
+        # pace.conflict=budget: the budget wins, at least candidate_factor x budget are admitted;
+        # pace.conflict=pace: the schedule wins, a round may train on fewer examples than the budget
+        min_admitted = 0
+        if cfg["conflict"] == "budget":
+            min_admitted = min(len(difficulty), math.ceil(float(cfg["candidate_factor"]) * self.budget_size))
         if cfg["mode"] == "lambda":
             if cfg["lambda0"] is not None:
                 self.lambda0 = float(cfg["lambda0"])
             elif self.lambda0 is None:
-                # the first round's lambda admits the `start` quantile of the first round's difficulties
+                # the first paced round's lambda admits the `start` quantile of that round's difficulties
+                # (after pace.warmup_rounds rounds of training on a random budget)
                 self.lambda0 = float(np.quantile(difficulty, float(cfg["start"])))
             return SelfPacedSchedule(
                 mode="lambda", lambda0=self.lambda0, growth=float(cfg["growth"]), min_admitted=min_admitted
@@ -336,7 +412,9 @@ class P3(SelectionDataModule):
     ) -> tuple[np.ndarray, dict[str, Any], int]:
         cfg = self.dpp_cfg
         features, tokens = self._features(result)
-        quality = np.clip(scores, 1e-6, 1.0) if cfg["quality"] else np.ones(len(scores))
+        exponent = float(cfg["quality_exponent"])
+        # the floor after the exponent: a score of 0 stays a quality the DPP cannot tell apart
+        quality = np.clip(scores**exponent, 1e-6, 1.0) if cfg["quality"] else np.ones(len(scores))
         conditioned: list[int] = []
         if cfg["condition_on"] == "previous" and self.rounds:
             conditioned = [self.index_of[i] for i in self.rounds[-1].ids]
@@ -347,7 +425,7 @@ class P3(SelectionDataModule):
             self.budget_size,
             quality=quality[candidates],
             kernel=cfg["kernel"],
-            ridge=float(cfg["ridge"]),
+            ridge=self._ridge(),
             bandwidth=None if cfg["bandwidth"] is None else float(cfg["bandwidth"]),
             fill=cfg["fill"],
             preselected_features=features[conditioned] if conditioned else None,
@@ -362,19 +440,51 @@ class P3(SelectionDataModule):
             rest = np.setdiff1d(candidates, chosen)
             topped_up = self.budget_size - len(chosen)
             chosen = np.concatenate([chosen, np.sort(ctx.rng.choice(rest, size=topped_up, replace=False))])
-        picked = features[chosen].astype(np.float64)
-        picked /= np.linalg.norm(picked, axis=1, keepdims=True).clip(min=1e-12)
-        total = picked.sum(axis=0)
-        m = len(chosen)
-        mean_similarity = float((total @ total - m) / (m * (m - 1))) if m > 1 else 0.0
         info = {
             "dpp_kernel": cfg["kernel"],
             "dpp_conditioned_on": len(conditioned),
             "dpp_stopped_early": bool(outcome.stopped_early),
             "dpp_topped_up_at_random": topped_up,
-            "dpp_mean_pairwise_cosine": mean_similarity,
+            **self._diversity(ctx, features, chosen, candidates, scores),
         }
         return chosen, info, tokens
+
+    def _ridge(self) -> float:
+        """``dpp.ridge``, or the kernel's default (1e-4 for ``rbf_blocked``, 1e-3 for the others)."""
+        ridge = self.dpp_cfg["ridge"]
+        return DEFAULT_RIDGE[self.dpp_cfg["kernel"]] if ridge is None else float(ridge)
+
+    def _diversity(
+        self,
+        ctx: SelectionContext,
+        features: np.ndarray,
+        chosen: np.ndarray,
+        candidates: np.ndarray,
+        scores: np.ndarray,
+    ) -> dict[str, float]:
+        """Whether the DPP did what its name says, in this round's regime: the pick against the top-k
+        easiest admitted and a seeded random subset of the admitted, of the same size (overlap, mean
+        pairwise cosine, cosine log-det, mean score: :func:`selection_diversity`, as ``diversity_*``), and
+        how many of the admitted the kernel can keep apart (``dpp_kernel_effective_rank``, on a seeded
+        sample of ``dpp_kernel_rank_sample`` of them; compare it with that sample's size and with k)."""
+        cfg = self.dpp_cfg
+        seed = int(np.random.default_rng([self.seed, ctx.round, 7]).integers(2**31))
+        diversity = selection_diversity(features, chosen, scores, candidates, seed=seed)
+        bandwidth = None if cfg["bandwidth"] is None else float(cfg["bandwidth"])
+        sample = min(len(candidates), KERNEL_RANK_SAMPLE)
+        rank = kernel_effective_rank(
+            features[candidates],
+            kernel=cfg["kernel"],
+            bandwidth=bandwidth,
+            ridge=self._ridge(),
+            sample=sample,
+            seed=seed,
+        )
+        return {
+            **{f"diversity_{key}": value for key, value in diversity.items()},
+            "dpp_kernel_effective_rank": rank,
+            "dpp_kernel_rank_sample": sample,
+        }
 
 
 # The ablations and baselines: P3 with parts switched off or swapped (conf/method/<name>.yaml says the same).
@@ -401,12 +511,20 @@ class P3Static(P3):
 
 class SelfPacedLearning(P3):
     """Self-paced learning (Kumar, Packer & Koller, NeurIPS 2010): admit the examples whose current loss is
-    under lambda, which grows by ``pace.growth`` each round; a random budget among them; no DPP."""
+    under lambda, which grows by ``pace.growth`` each round; a random budget among them; no DPP.
+
+    lambda0 is fixed once, after ``pace.warmup_rounds`` (default 1) rounds trained on a random budget of the
+    whole pool: it is the ``pace.start`` quantile of the losses under that warmed-up model, so the first
+    paced round admits that share and later rounds grow lambda by ``pace.growth``. SPL sets its initial
+    threshold against an initialised model, so that a chosen share of the examples counts as easy; taken
+    from an untrained model's losses instead (about 5.9 nats on synthetic_math against 0.9-1.5 after one
+    epoch), lambda0 would admit the whole pool from the first trained round on, and ``spl`` would be a random
+    subset re-drawn every round. ``pace.lambda0`` sets it by hand instead."""
 
     name = "spl"
     preset: ClassVar[dict[str, Any]] = {
         "difficulty": {"transform": "neg_log"},
-        "pace": {"mode": "lambda"},
+        "pace": {"mode": "lambda", "warmup_rounds": 1},
         "dpp": {"enabled": False},
     }
 

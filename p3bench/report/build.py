@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p3bench.report import diagnostics
+from p3bench.report import diagnostics, round_diagnostics
 from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
 from p3bench.report.runs import NOT_EXPANDED, NOT_STARTED, RUN_ELSEWHERE, RunRecord, load_runs
 from p3bench.utils.io import atomic_write_text
@@ -88,6 +88,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
         row["budget_label"] = record.budget_label
         row.update(record.summary)
         row["ids_sha256"] = record.results["selection"].get("ids_sha256")
+        row.update(round_diagnostics.run_columns(record))
         row.update({k: v for k, v in record.results["metrics"].items()})
     return row
 
@@ -259,6 +260,8 @@ def summary_markdown(
             "",
         ]
         lines += details_table(section)
+        for table in (round_diagnostics.pace_table(section), round_diagnostics.diversity_tables(section)):
+            lines += ["", *table] if table else []
         figures = [p for name, ps in files.items() if name.startswith(section.slug + "/") for p in ps]
         pngs = [p for p in figures if p.suffix == ".png"]
         if pngs:
@@ -374,6 +377,31 @@ def section_figures(section: Section, folder: Path) -> dict[str, list[Path]]:
                     stem=folder / f"rounds_by_{kind}_b{budget}",
                     category_label=diagnostics.CATEGORY_LABELS[kind],
                     title=f"{section.title}, budget {budget}",
+                ),
+            )
+        paced = [g for g in dynamic if round_diagnostics.has_pace(g)]
+        if paced:
+            add(
+                f"pace_admitted_b{budget}",
+                plots.plot_admitted_share(
+                    {g.method: round_diagnostics.pace_series(g) for g in paced},
+                    stem=folder / f"pace_admitted_b{budget}",
+                    budget_fraction=round_diagnostics.budget_share(paced),
+                    title=f"{section.title}, budget {budget}",
+                    styles=styles,
+                ),
+            )
+        diverse = [g for g in groups if round_diagnostics.has_diversity(g)]
+        if diverse:
+            add(
+                f"dpp_diversity_b{budget}",
+                plots.plot_diversity(
+                    round_diagnostics.diversity_panels(diverse),
+                    stem=folder / f"dpp_diversity_b{budget}",
+                    title=f"{section.title}, budget {budget}",
+                    styles=styles,
+                    variants=list(round_diagnostics.VARIANTS.values()),
+                    seeds=round_diagnostics.seeds_note(diverse),
                 ),
             )
         if len(groups) >= 2 and budget != WHOLE_POOL:

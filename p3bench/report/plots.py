@@ -14,30 +14,58 @@ Each method keeps one colour, marker, line style and hatch across figures: :func
 the colour from the method's name where it can, so figures that show different subsets of methods mostly
 agree; to make them agree always, compute :func:`method_styles` once over every method of a report and pass
 it as ``styles=`` to each function that draws methods.
+
+This module draws quality against data and compute and the learning curves, and re-exports the figures of
+:mod:`p3bench.report.selection_plots` (what was selected) and :mod:`p3bench.report.round_plots` (the rounds
+of dynamic methods: their selections, the pace's admitted share, the DPP's diversity); the shared style
+lives in :mod:`p3bench.report.plot_style`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import re
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex, to_rgb
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from p3bench.report.plot_style import (
+    DPI,
+    FONT,
+    FORMATS,
+    HATCHES,
+    LINESTYLES,
+    MARKERS,
+    PALETTE,
+    SMALL,
+    MethodStyle,
+    add_legend,
+    add_title,
+    category_order,
+    grid_shape,
+    hide_unused,
+    is_finite,
+    method_colors,
+    method_styles,
+    new_figure,
+    resolve_styles,
+    save_figure,
+    seeds_note,
+    split_run_label,
+    to_float,
+)
+from p3bench.report.round_plots import plot_admitted_share, plot_diversity, plot_round_histograms
+from p3bench.report.selection_plots import plot_defect_shares, plot_level_histograms, plot_overlap
 
 __all__ = [
+    "DPI",
+    "FORMATS",
+    "HATCHES",
+    "LINESTYLES",
     "MARKERS",
     "PALETTE",
     "MethodStyle",
@@ -45,7 +73,9 @@ __all__ = [
     "method_colors",
     "method_styles",
     "pareto_front",
+    "plot_admitted_share",
     "plot_defect_shares",
+    "plot_diversity",
     "plot_learning_curves",
     "plot_level_histograms",
     "plot_overlap",
@@ -54,118 +84,11 @@ __all__ = [
     "plot_round_histograms",
 ]
 
-#: Qualitative palette (matplotlib's tab10) of the methods.
-PALETTE: tuple[str, ...] = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
-#: Markers, line styles and hatches change with each pass through the palette, so that colour and marker
-#: together stay unique for up to ``len(PALETTE) * len(MARKERS)`` (80) methods.
-MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
-LINESTYLES: tuple[str, ...] = ("-", "--", ":", "-.")
-HATCHES: tuple[str, ...] = ("", "////", "....", "xxxx", "\\\\\\\\", "oo", "++", "----")
 #: Line styles that tell budgets of one method apart in a single learning-curve panel.
 _BUDGET_LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
-DPI = 200
-FORMATS: tuple[str, ...] = ("png", "svg")
-WIDTH = 6.5  # in: double-column paper width, a little under
-HEIGHT = 4.0
-FONT = 9  # axis labels
-SMALL = 8  # ticks, legends, annotations
-TITLE = 10
-LEGEND_MAX_HEIGHT = 7.0  # in: a legend taller than this takes more columns
-WRAP = 28  # characters per line of a legend entry or tick label
-
-
-# --------------------------------------------------------------------------------------------- styles
-
-
-@dataclass(frozen=True)
-class MethodStyle:
-    """How one method is drawn: colour (hex), marker, line style and bar hatch."""
-
-    color: str
-    marker: str
-    linestyle: str
-    hatch: str
-
-
-def method_styles(methods: Iterable[str]) -> dict[str, MethodStyle]:
-    """A deterministic style per method, as stable as possible across subsets of methods.
-
-    Each name prefers the palette colour given by a checksum of the name (the same in every process), so a
-    method keeps its colour in figures that show different subsets of methods. Going through the names in
-    sorted order, a name whose colour is taken gets the next free colour; once all colours are taken, the
-    next pass through the palette comes with another marker, line style and hatch. Colour and marker
-    together are unique for up to ``len(PALETTE) * len(MARKERS)`` (80) methods.
-    """
-    names = sorted(set(methods))
-    n_colors = len(PALETTE)
-    taken: set[tuple[int, int]] = set()
-    styles = {}
-    for i, name in enumerate(names):
-        preferred = zlib.crc32(name.encode("utf-8")) % n_colors
-        slot = next(
-            (
-                (k // n_colors, (preferred + k) % n_colors)
-                for k in range(n_colors * len(MARKERS))
-                if (k // n_colors, (preferred + k) % n_colors) not in taken
-            ),
-            (i // n_colors, i % n_colors),  # more methods than slots: styles repeat
-        )
-        taken.add(slot)
-        cycle, color = slot
-        styles[name] = MethodStyle(
-            color=PALETTE[color],
-            marker=MARKERS[cycle % len(MARKERS)],
-            linestyle=LINESTYLES[cycle % len(LINESTYLES)],
-            hatch=HATCHES[cycle % len(HATCHES)],
-        )
-    return styles
-
-
-def method_colors(methods: Iterable[str]) -> dict[str, str]:
-    """The colour (hex) of each method, as in :func:`method_styles`."""
-    return {name: style.color for name, style in method_styles(methods).items()}
-
-
-def _resolve_styles(
-    styles: Mapping[str, MethodStyle] | None, methods: Iterable[str]
-) -> dict[str, MethodStyle]:
-    """The given styles, completed by :func:`method_styles` for the methods they lack."""
-    resolved = dict(styles or {})
-    missing = [m for m in methods if m not in resolved]
-    if missing:
-        extra = method_styles([*resolved, *missing])
-        resolved.update({m: extra[m] for m in missing})
-    return resolved
-
 
 # ------------------------------------------------------------------------------------------- numbers
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _float(value: Any, default: float = math.nan) -> float:
-    """``value`` as a float; ``default`` for None or what does not convert."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def _errors(values: Sequence[float]) -> np.ndarray | None:
@@ -187,9 +110,9 @@ def pareto_front(points: Sequence[Any], higher_is_better: bool, *, x_key: str = 
     qualities = np.full(len(points), np.nan)
     for i, point in enumerate(points):
         if isinstance(point, Mapping):
-            costs[i], qualities[i] = _float(point.get(x_key)), _float(point.get("quality"))
+            costs[i], qualities[i] = to_float(point.get(x_key)), to_float(point.get("quality"))
         else:
-            costs[i], qualities[i] = _float(point[0]), _float(point[1])
+            costs[i], qualities[i] = to_float(point[0]), to_float(point[1])
     if not higher_is_better:
         qualities = -qualities
     valid = np.flatnonzero(np.isfinite(costs) & np.isfinite(qualities))
@@ -212,7 +135,7 @@ def pareto_front(points: Sequence[Any], higher_is_better: bool, *, x_key: str = 
 
 def format_tokens(value: float, _pos: Any = None) -> str:
     """A token count for a tick label: 500, 20k, 1M, 2.5B, 1T."""
-    if not _finite(value) or value <= 0:
+    if not is_finite(value) or value <= 0:
         return ""
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= scale * 0.9995:
@@ -220,141 +143,8 @@ def format_tokens(value: float, _pos: Any = None) -> str:
     return f"{value:.3g}"
 
 
-def _category_order(categories: Iterable[str]) -> list[str]:
-    """Categories sorted numerically when all are numbers, else in order of first appearance."""
-    seen = list(dict.fromkeys(str(c) for c in categories))
-    if seen and all(_finite(c) for c in seen):
-        return sorted(seen, key=float)
-    return seen
-
-
-# ------------------------------------------------------------------------------------------- figures
-
-
-def _figure(
-    nrows: int = 1,
-    ncols: int = 1,
-    *,
-    width: float = WIDTH,
-    height: float = HEIGHT,
-    sharex: bool = False,
-    sharey: bool = False,
-) -> tuple[Figure, np.ndarray]:
-    """A figure with an Agg canvas and constrained layout, and its axes as a 2-d array."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey)
-    for ax in axes.flat:
-        ax.tick_params(labelsize=SMALL)
-        ax.grid(True, linewidth=0.5, alpha=0.35)
-        ax.set_axisbelow(True)
-    return fig, axes
-
-
-def _wrap(text: str, width: int = WRAP) -> str:
-    """``text`` on lines of at most ``width`` characters, broken after spaces, underscores, hyphens or
-    slashes where possible (method names are often snake_case), else anywhere."""
-    lines: list[str] = []
-    line = ""
-    for piece in re.split(r"(?<=[ _/-])", str(text)):
-        while len(piece) > width:  # a piece longer than a line: split it hard
-            if line:
-                lines.append(line)
-                line = ""
-            lines.append(piece[:width])
-            piece = piece[width:]
-        if len(line) + len(piece.rstrip()) > width and line:
-            lines.append(line)
-            line = ""
-        line += piece
-    lines.append(line)
-    return "\n".join(part.strip() for part in lines if part.strip())
-
-
-def _legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *, title: str | None = None) -> None:
-    """A figure legend outside the axes, to the right. The figure grows taller (up to 7 in) when the entries
-    need it; beyond that the legend takes more columns."""
-    if not handles:
-        return
-    labels = [_wrap(label) for label in labels]
-    lines = sum(label.count("\n") + 1 for label in labels) + (title.count("\n") + 1 if title else 0)
-    needed = 0.35 + 0.19 * lines  # in, at 8 pt with the default spacing
-    if needed > fig.get_figheight():
-        fig.set_figheight(min(LEGEND_MAX_HEIGHT, needed))
-    ncols = max(1, math.ceil(needed / fig.get_figheight()))
-    fig.legend(
-        handles,
-        labels,
-        loc="outside right upper",
-        ncols=ncols,
-        fontsize=SMALL,
-        title=title,
-        title_fontsize=SMALL,
-        frameon=False,
-        alignment="left",
-        handlelength=2.2,
-        columnspacing=1.0,
-    )
-
-
-def _title(fig: Figure, title: str | None, *, panels: bool = False) -> None:
-    """The title above a single panel, or (``panels``: a figure of titled panels) above the figure,
-    left-aligned so that it never runs into the legend at the upper right."""
-    if not title:
-        return
-    visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
-    if len(visible) == 1 and not panels:
-        visible[0].set_title(title, fontsize=TITLE)
-    else:
-        fig.suptitle(title, fontsize=TITLE, x=0.02, ha="left")
-
-
-def _save(fig: Figure, stem: Path | str, *, dpi: int, formats: Sequence[str]) -> list[Path]:
-    """Write ``<stem>.<format>`` for each format (tight bounding box) and release the figure."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    try:
-        for fmt in formats:
-            path = stem.with_name(f"{stem.name}.{fmt}")
-            metadata = {"Date": None} if fmt in ("svg", "pdf") else None
-            fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.05, metadata=metadata)
-            paths.append(path)
-    finally:
-        fig.clear()
-    return paths
-
-
-def _seeds_note(ns: Iterable[Any]) -> str:
-    """'mean ± sd over 3 seeds', with the range of seed counts when they differ."""
-    counts = sorted({int(n) for n in ns if _finite(n)})
-    if not counts:
-        return "mean ± sd over seeds"
-    if counts == [1]:
-        return "1 seed (no error bars)"
-    if len(counts) == 1:
-        return f"mean ± sd over {counts[0]} seeds"
-    return f"mean ± sd over {counts[0]}–{counts[-1]} seeds"
-
-
 def _direction(higher_is_better: bool) -> str:
     return "higher is better" if higher_is_better else "lower is better"
-
-
-def _hide_unused(axes: np.ndarray, used: int) -> None:
-    """Hide the grid cells after the first ``used`` and show x tick labels on the panels above them."""
-    nrows, ncols = axes.shape
-    for k in range(used, nrows * ncols):
-        axes.flat[k].set_visible(False)
-        above = k - ncols
-        if above >= 0:
-            axes.flat[above].tick_params(labelbottom=True)
-            axes.flat[above].xaxis.offsetText.set_visible(True)
-
-
-def _grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
-    ncols = min(n, max_cols)
-    return math.ceil(n / ncols), ncols
 
 
 # ------------------------------------------------------------------------------------ quality plots
@@ -365,7 +155,7 @@ def _method_points(
 ) -> tuple[list[Mapping[str, Any]], bool]:
     """The points with finite x and quality (and x > 0 on a log axis), and whether x is logarithmic:
     ``log_x=None`` chooses log when the positive x values span more than one decade."""
-    rows = [p for p in points if _finite(p.get(x_key)) and _finite(p.get("quality"))]
+    rows = [p for p in points if is_finite(p.get(x_key)) and is_finite(p.get("quality"))]
     positive = [float(p[x_key]) for p in rows if float(p[x_key]) > 0]
     if log_x is None:
         log_x = len(positive) >= 2 and max(positive) / min(positive) > 10
@@ -392,8 +182,8 @@ def _draw_series(
         style = styles[method]
         x = [float(p[x_key]) for p in series]
         y = [float(p["quality"]) for p in series]
-        yerr = _errors([_float(p.get("quality_sd")) for p in series])
-        xerr = _errors([_float(p.get(x_sd_key)) for p in series]) if x_sd_key else None
+        yerr = _errors([to_float(p.get("quality_sd")) for p in series])
+        xerr = _errors([to_float(p.get(x_sd_key)) for p in series]) if x_sd_key else None
         container = ax.errorbar(
             x,
             y,
@@ -439,8 +229,8 @@ def plot_quality_vs_fraction(
     rows, log_x = _method_points(points, "fraction", log_x)
     if not rows:
         return []
-    styles = _resolve_styles(styles, (str(p["method"]) for p in rows))
-    fig, axes = _figure()
+    styles = resolve_styles(styles, (str(p["method"]) for p in rows))
+    fig, axes = new_figure()
     ax = axes[0, 0]
     handles, labels = _draw_series(ax, rows, "fraction", styles)
 
@@ -474,10 +264,10 @@ def plot_quality_vs_fraction(
     ax.set_xlabel("Training data (fraction of pool)", fontsize=FONT)
     ax.set_ylabel(metric_label, fontsize=FONT)
     ax.margins(y=0.08)
-    note = f"{_seeds_note(p.get('n') for p in rows)}\n{_direction(higher_is_better)}"
-    _legend(fig, handles, labels, title=note)
-    _title(fig, title)
-    return _save(fig, stem, dpi=dpi, formats=formats)
+    note = f"{seeds_note(p.get('n') for p in rows)}\n{_direction(higher_is_better)}"
+    add_legend(fig, handles, labels, title=note)
+    add_title(fig, title)
+    return save_figure(fig, stem, dpi=dpi, formats=formats)
 
 
 def _token_axis(ax: Axes, values: Sequence[float]) -> None:
@@ -520,8 +310,8 @@ def plot_quality_vs_compute(
     rows, _ = _method_points(points, "compute", log_x=True)
     if not rows:
         return []
-    styles = _resolve_styles(styles, (str(p["method"]) for p in rows))
-    fig, axes = _figure()
+    styles = resolve_styles(styles, (str(p["method"]) for p in rows))
+    fig, axes = new_figure()
     ax = axes[0, 0]
     handles, labels = _draw_series(ax, rows, "compute", styles, x_sd_key="compute_sd")
     if annotate is None:
@@ -553,24 +343,15 @@ def plot_quality_vs_compute(
     ax.set_xlabel("Total compute (tokens: training + selection forward passes)", fontsize=FONT)
     ax.set_ylabel(metric_label, fontsize=FONT)
     ax.margins(x=0.08, y=0.1)
-    note = f"{_seeds_note(p.get('n') for p in rows)}\n{_direction(higher_is_better)}"
+    note = f"{seeds_note(p.get('n') for p in rows)}\n{_direction(higher_is_better)}"
     if annotate:
         note += "\npoint labels: data budget"
-    _legend(fig, handles, labels, title=note)
-    _title(fig, title)
-    return _save(fig, stem, dpi=dpi, formats=formats)
+    add_legend(fig, handles, labels, title=note)
+    add_title(fig, title)
+    return save_figure(fig, stem, dpi=dpi, formats=formats)
 
 
 # ---------------------------------------------------------------------------------- learning curves
-
-
-def _split_label(label: str) -> tuple[str, str] | None:
-    """``"p3 @ 0.3"`` -> ``("p3", "0.3")``; None without an ``@``."""
-    if "@" not in label:
-        return None
-    method, _, budget = label.rpartition("@")
-    method, budget = method.strip(), budget.strip()
-    return (method, budget) if method and budget else None
 
 
 def _or_empty(values: Any) -> Any:
@@ -614,14 +395,14 @@ def plot_learning_curves(
                 f"({len(x)}, {len(y)}, {None if sd is None else len(sd)})"
             )
         if len(x) and np.any(np.isfinite(y)):
-            split = _split_label(label)
+            split = split_run_label(label)
             method, budget = split if split else (label, None)
             items.append({"label": label, "x": x, "y": y, "sd": sd, "method": method, "budget": budget})
     if not items:
         return []
 
-    styles = _resolve_styles(styles, (item["method"] for item in items))
-    budgets = _category_order(item["budget"] for item in items if item["budget"] is not None)
+    styles = resolve_styles(styles, (item["method"] for item in items))
+    budgets = category_order(item["budget"] for item in items if item["budget"] is not None)
     references = [item for item in items if item["budget"] is None]
     if len(items) <= max_per_panel:
         panels = [("", items)]
@@ -631,11 +412,11 @@ def plot_learning_curves(
         panels = [("", items[i : i + max_per_panel]) for i in range(0, len(items), max_per_panel)]
 
     single = len(panels) == 1
-    nrows, ncols = _grid_shape(len(panels), 3)
+    nrows, ncols = grid_shape(len(panels), 3)
     if single:
-        fig, axes = _figure()
+        fig, axes = new_figure()
     else:
-        fig, axes = _figure(nrows, ncols, width=7.0, height=0.6 + 2.1 * nrows, sharex=True, sharey=True)
+        fig, axes = new_figure(nrows, ncols, width=7.0, height=0.6 + 2.1 * nrows, sharex=True, sharey=True)
     legend: dict[str, Any] = {}
     for k, (panel_title, panel_items) in enumerate(panels):
         ax = axes.flat[k]
@@ -681,7 +462,7 @@ def plot_learning_curves(
             legend.setdefault(item["label"] if single else item["method"], line)
         if panel_title:
             ax.set_title(panel_title, fontsize=FONT)
-    _hide_unused(axes, len(panels))
+    hide_unused(axes, len(panels))
     if single:
         axes[0, 0].set_xlabel(x_label, fontsize=FONT)
         axes[0, 0].set_ylabel(y_label, fontsize=FONT)
@@ -693,451 +474,6 @@ def plot_learning_curves(
         order = sorted(name for name in legend if name not in reference_names)
         legend = {name: legend[name] for name in order + [n for n in legend if n in reference_names]}
     bands = any(it["sd"] is not None and np.any(np.isfinite(it["sd"])) for it in items)
-    _legend(fig, list(legend.values()), list(legend), title="shaded: ±1 sd over seeds" if bands else None)
-    _title(fig, title, panels=not single)
-    return _save(fig, stem, dpi=dpi, formats=formats)
-
-
-# ------------------------------------------------------------------------------------- distributions
-
-
-def _grouped_bars(
-    ax: Axes,
-    categories: Sequence[str],
-    values: Mapping[str, Sequence[float]],
-    styles: Mapping[str, MethodStyle],
-    *,
-    group: float = 0.82,
-    wrap: int = 14,
-) -> tuple[list[Any], list[str], list[tuple[float, float]]]:
-    """Bars grouped per category, one bar per method in the order of ``values``. A NaN value has no bar and
-    no slot: the bars of a category are centred on it. Returns the legend handles and labels (methods with
-    at least one bar) and each category's bar span (left, right) in data coordinates."""
-    methods = list(values)
-    heights = {m: np.asarray(values[m], dtype=float) for m in methods}
-    present = [[m for m in methods if np.isfinite(heights[m][i])] for i in range(len(categories))]
-    width = min(0.6, group / max(1, max(len(ms) for ms in present)))
-    positions: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in methods}
-    spans = []
-    for i, ms in enumerate(present):
-        left = i - width * max(1, len(ms)) / 2
-        spans.append((left, left + width * max(1, len(ms))))
-        for j, m in enumerate(ms):
-            positions[m][0].append(left + width * (j + 0.5))
-            positions[m][1].append(float(heights[m][i]))
-    handles, labels = [], []
-    thin = width < 0.06
-    for m in methods:
-        x, h = positions[m]
-        if not x:
-            continue
-        style = styles[m]
-        edge = to_hex(_darken(style.color)) if style.hatch else "white"
-        ax.bar(
-            x,
-            h,
-            width=width,
-            color=style.color,
-            hatch=style.hatch or None,
-            edgecolor=edge,
-            linewidth=0.2 if thin else 0.5,
-            zorder=3,
-        )
-        handles.append(Patch(facecolor=style.color, hatch=style.hatch or None, edgecolor=edge, linewidth=0.5))
-        labels.append(m)
-    ax.set_xticks(np.arange(len(categories)), [_wrap(c, wrap) for c in categories])
-    ax.set_xlim(-0.5, len(categories) - 0.5)
-    ax.grid(False, axis="x")
-    return handles, labels, spans
-
-
-def _darken(color: str, factor: float = 0.6) -> tuple[float, float, float]:
-    r, g, b = to_rgb(color)
-    return (r * factor, g * factor, b * factor)
-
-
-def plot_level_histograms(
-    shares: Mapping[str, Mapping[Any, float]],
-    *,
-    stem: Path | str,
-    category_label: str = "Difficulty level",
-    reference: Mapping[Any, float] | None = None,
-    title: str | None = None,
-    styles: Mapping[str, MethodStyle] | None = None,
-    dpi: int = DPI,
-    formats: Sequence[str] = FORMATS,
-) -> list[Path]:
-    """Share of the selected examples per category (difficulty level, domain), grouped bars per category.
-
-    ``shares``: ``{method: {category: share}}`` with shares as fractions (0..1, shown as percent); a category
-    a method lacks counts as 0. ``reference``: the pool's own shares, drawn as a black step outline "pool".
-    Categories sort numerically when all are numbers, else in order of first appearance (reference first).
-    Returns ``[]`` when there are no methods or no categories.
-    """
-    shares = {str(m): {str(c): _float(v) for c, v in cats.items()} for m, cats in shares.items()}
-    reference = {str(c): _float(v) for c, v in (reference or {}).items()}
-    categories = _category_order([*reference, *(c for cats in shares.values() for c in cats)])
-    if not shares or not categories:
-        return []
-    styles = _resolve_styles(styles, shares)
-    methods = sorted(shares)
-    values = {m: [shares[m].get(c, 0.0) for c in categories] for m in methods}
-    fig, axes = _figure(width=max(WIDTH, min(10.0, 3.5 + 0.045 * len(categories) * len(methods))))
-    ax = axes[0, 0]
-    handles, labels, _ = _grouped_bars(ax, categories, values, styles)
-    if reference:
-        ref = np.asarray([reference.get(c, 0.0) for c in categories], dtype=float)
-        edges = np.arange(len(categories) + 1, dtype=float) - 0.5
-        ax.stairs(np.nan_to_num(ref), edges, baseline=None, color="black", linewidth=1.4, zorder=4)
-        handles.append(Line2D([], [], color="black", linewidth=1.4))
-        labels.append("pool")
-    _percent_axis(ax)
-    ax.set_xlabel(category_label, fontsize=FONT)
-    ax.set_ylabel("Share of selected examples (%)", fontsize=FONT)
-    _legend(fig, handles, labels)
-    _title(fig, title)
-    return _save(fig, stem, dpi=dpi, formats=formats)
-
-
-def _category_colors(categories: Sequence[str]) -> dict[str, Any]:
-    """Ordered numeric categories on a sequential map (light = low), others on a qualitative palette."""
-    if categories and all(_finite(c) for c in categories):
-        cmap = colormaps["viridis_r"]
-        n = len(categories)
-        return {c: cmap(0.12 + 0.8 * (i / max(1, n - 1))) for i, c in enumerate(categories)}
-    palette = colormaps["tab20"] if len(categories) > 10 else colormaps["tab10"]
-    return {c: palette(i % palette.N) for i, c in enumerate(categories)}
-
-
-def _round_total(record: Mapping[str, Any]) -> float:
-    return sum(max(0.0, v) for v in record["counts"].values() if math.isfinite(v))
-
-
-def plot_round_histograms(
-    rounds: Mapping[str, Sequence[Mapping[str, Any]]],
-    *,
-    stem: Path | str,
-    category_label: str = "Difficulty level",
-    title: str | None = None,
-    dpi: int = DPI,
-    formats: Sequence[str] = FORMATS,
-) -> list[Path]:
-    """How the category mix of a dynamic method's selection changes over rounds: one panel per method
-    (shared axes), stacked bars of each category's share of the round's selection, with the round's total
-    count written above its bar (left out when the bars are too narrow for it).
-
-    ``rounds``: ``{method: [{"round": int, "counts": {category: int}}, ...]}``. Rounds with no selected
-    examples are empty bars. Categories sort as in :func:`plot_level_histograms`; numeric levels go from
-    light (low) to dark (high). Returns ``[]`` when no method has rounds.
-    """
-    data = {
-        str(m): sorted(
-            (
-                {"round": int(r["round"]), "counts": {str(c): _float(v, 0.0) for c, v in r["counts"].items()}}
-                for r in rs
-            ),
-            key=lambda r: r["round"],
-        )
-        for m, rs in rounds.items()
-        if rs
-    }
-    if not data:
-        return []
-    categories = _category_order(c for rs in data.values() for r in rs for c in r["counts"])
-    colors = _category_colors(categories)
-    methods = sorted(data)
-    nrows, ncols = _grid_shape(len(methods), 3)
-    width = WIDTH if ncols > 1 else 5.0
-    panel_height = 2.3
-    fig, axes = _figure(
-        nrows, ncols, width=width, height=0.7 + panel_height * nrows, sharex=True, sharey=True
-    )
-    all_rounds = sorted({r["round"] for rs in data.values() for r in rs})
-    step = min((b - a for a, b in itertools.pairwise(all_rounds)), default=1)
-    # the counts above the bars: horizontal when they fit the bar spacing, else vertical, else left out
-    spacing = (width - 2.2) / ncols / max(1, (all_rounds[-1] - all_rounds[0]) / step + 1)  # in per bar
-    longest = max(len(f"{_round_total(r):,.0f}") for rs in data.values() for r in rs)
-    text_width = 0.075 * longest  # in, at 8 pt
-    rotate = text_width > 0.9 * spacing
-    # every round of every method the same size (a fixed per-round budget): said once in the legend instead
-    distinct_totals = {round(_round_total(r), 6) for rs in data.values() for r in rs}
-    same_size = len(distinct_totals) == 1
-    annotate = spacing >= 0.13 and not same_size
-    headroom = 0.16 if not rotate else 0.06 + text_width / (panel_height - 0.5)
-    title_chars = max(12, int((width - 2.4) / ncols / 0.085))  # panel titles wrap within the panel, at 9 pt
-    for k, method in enumerate(methods):
-        ax = axes.flat[k]
-        ax.grid(False, axis="x")
-        rs = data[method]
-        x = np.asarray([r["round"] for r in rs], dtype=float)
-        totals = np.asarray([_round_total(r) for r in rs], dtype=float)
-        bottom = np.zeros(len(rs))
-        for c in categories:
-            counts = np.asarray([max(0.0, r["counts"].get(c, 0.0)) for r in rs], dtype=float)
-            share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-            ax.bar(
-                x,
-                share,
-                bottom=bottom,
-                width=0.8 * step,
-                color=colors[c],
-                edgecolor="white",
-                linewidth=0.3,
-                zorder=3,
-            )
-            bottom += share
-        if annotate:
-            for xi, total in zip(x, totals, strict=True):
-                ax.text(
-                    xi,
-                    1.015,
-                    f"{total:,.0f}",
-                    ha="center",
-                    va="bottom",
-                    fontsize=SMALL,
-                    rotation=90 if rotate else 0,
-                    color="0.25",
-                )
-        ax.set_title(_wrap(method, title_chars), fontsize=FONT)
-        ax.set_ylim(0, 1.0 + (headroom if annotate else 0.02))
-        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
-        ax.yaxis.set_major_formatter(FuncFormatter(_percent))
-        if len(all_rounds) <= 12:
-            ax.set_xticks(all_rounds)
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-    _hide_unused(axes, len(methods))
-    fig.supxlabel("Selection round", fontsize=FONT)
-    fig.supylabel("Share of round's selection (%)", fontsize=FONT)
-    handles = [Patch(facecolor=colors[c]) for c in reversed(categories)]
-    note = "above bars: examples selected" if annotate else None
-    if same_size:
-        note = f"{next(iter(distinct_totals)):,.0f} examples every round"
-    _legend(
-        fig, handles, list(reversed(categories)), title=f"{category_label}" + (f"\n({note})" if note else "")
-    )
-    _title(fig, title, panels=True)
-    return _save(fig, stem, dpi=dpi, formats=formats)
-
-
-# ------------------------------------------------------------------------------------------ overlap
-
-
-def plot_overlap(
-    matrix: Sequence[Sequence[float]],
-    labels: Sequence[str],
-    *,
-    stem: Path | str,
-    title: str | None = None,
-    annotate: bool | None = None,
-    dpi: int = DPI,
-    formats: Sequence[str] = FORMATS,
-) -> list[Path]:
-    """A heatmap of pairwise Jaccard overlaps of the methods' selections (values in [0, 1]).
-
-    ``matrix``: square, one row per label; NaN (missing pairs) is drawn grey with a dash. Values are written
-    in the cells with 2 decimals for up to 25 labels (``annotate`` forces either), without the leading zero
-    (".42", and "1" for 1.00) from 11 labels on so that they fit the cells at 8 pt; the figure grows with
-    the number of labels. Raises ValueError when the shapes disagree; returns ``[]`` for no labels.
-    """
-    labels = [str(label) for label in labels]
-    n = len(labels)
-    if n == 0:
-        return []
-    values = np.asarray(matrix, dtype=float).reshape(-1, n) if len(matrix) else np.empty((0, n))
-    if values.shape != (n, n):
-        raise ValueError(f"overlap matrix has shape {values.shape}, expected ({n}, {n}) for {n} labels")
-    if annotate is None:
-        annotate = n <= 25
-    # cells wide enough for the values at 8 pt; from 11 labels on, values drop the leading zero (".42")
-    compact = n > 10
-    cell = 0.28 if compact else 0.45
-    longest = max(len(line) for label in labels for line in _wrap(label, 22).splitlines())
-    label_room = 0.3 + 0.065 * longest  # in, at 8 pt
-    fig, axes = _figure(
-        width=max(3.0, label_room + n * cell + 1.0), height=max(2.5, label_room * 0.75 + n * cell + 0.3)
-    )
-    ax = axes[0, 0]
-    ax.grid(False)
-    cmap = colormaps["viridis"].with_extremes(bad="0.88")
-    masked = np.ma.masked_invalid(values)
-    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal")
-    if annotate:
-        for i in range(n):
-            for j in range(n):
-                value = values[i, j]
-                if math.isfinite(value):
-                    r, g, b, _ = cmap(min(1.0, max(0.0, value)))
-                    text_color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-                    text = f"{value:.2f}"
-                    if compact:
-                        text = "1" if text == "1.00" else text.replace("0.", ".", 1)
-                    ax.text(
-                        j,
-                        i,
-                        text,
-                        ha="center",
-                        va="center",
-                        fontsize=SMALL,
-                        color=text_color,
-                        in_layout=False,
-                    )
-                else:
-                    missing = {"ha": "center", "va": "center", "color": "0.4", "in_layout": False}
-                    ax.text(j, i, "–", fontsize=SMALL, **missing)
-    wrapped = [_wrap(label, 22) for label in labels]
-    ax.set_xticks(np.arange(n), wrapped, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(np.arange(n), wrapped)
-    ax.tick_params(length=0)
-    ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
-    ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
-    ax.tick_params(which="minor", length=0)
-    ax.grid(True, which="minor", color="white", linewidth=0.8)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    colorbar = fig.colorbar(image, ax=ax, shrink=0.8 if n >= 6 else 1.0, pad=0.02)
-    colorbar.set_label("Jaccard overlap of selections", fontsize=FONT)
-    colorbar.ax.tick_params(labelsize=SMALL)
-    _title(fig, title)
-    return _save(fig, stem, dpi=dpi, formats=formats)
-
-
-# ------------------------------------------------------------------------------------------ defects
-
-#: The planted defect kinds, in the order they are shown; other keys follow in order of appearance.
-DEFECTS: tuple[str, ...] = ("noisy", "junk", "duplicate")
-#: Where runs without a budget in their label (``"full"`` rather than ``"p3 @ 0.3"``) go on a budget axis.
-WHOLE_POOL_LABEL = "whole pool"
-_REFERENCE_STYLES: tuple[str, ...] = ("--", ":", "-.")
-
-
-def _pool_references(pool: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
-    """``{kind: share}`` as ``{"pool": {kind: share}}``; ``{label: {kind: share}}`` as it is."""
-    if not pool:
-        return {}
-    if all(isinstance(v, Mapping) for v in pool.values()):
-        return {str(label): {str(k): _float(v) for k, v in kinds.items()} for label, kinds in pool.items()}
-    return {"pool": {str(k): _float(v) for k, v in pool.items()}}
-
-
-def plot_defect_shares(
-    shares: Mapping[str, Mapping[str, float]],
-    *,
-    stem: Path | str,
-    pool: Mapping[str, Any] | None = None,
-    title: str | None = None,
-    styles: Mapping[str, MethodStyle] | None = None,
-    dpi: int = DPI,
-    formats: Sequence[str] = FORMATS,
-) -> list[Path]:
-    """Share of the training exposures that fall on planted defective examples, per defect kind and method.
-
-    ``shares``: ``{method: {"noisy": share, "junk": share, "duplicate": share}}`` (fractions 0..1, shown as
-    percent; any subset of kinds); a kind a method lacks (or NaN) has no bar. When the keys are run labels
-    ``"method @ budget"`` there is one panel per defect kind with the budgets on the x axis and one colour
-    per method (keys without a budget, such as ``"full"``, form a "whole pool" group at the right); otherwise
-    one panel groups the bars by defect kind. ``pool``: the pool's own shares, as ``{kind: share}`` or
-    ``{label: {kind: share}}``, drawn as black dashed lines (what uniform training over the pool sees).
-    Returns ``[]`` when there are no methods or no kinds.
-    """
-    shares = {str(m): {str(k): _float(v) for k, v in kinds.items()} for m, kinds in shares.items()}
-    references = _pool_references(pool)
-    seen = list(
-        dict.fromkeys(
-            [*(k for kinds in shares.values() for k in kinds), *(k for r in references.values() for k in r)]
-        )
-    )
-    kinds = [k for k in DEFECTS if k in seen] + [k for k in seen if k not in DEFECTS]
-    if not shares or not kinds:
-        return []
-    split = {label: _split_label(label) for label in shares}
-    if any(split.values()):
-        return _defects_by_budget(shares, split, kinds, references, stem, title, styles, dpi, formats)
-
-    styles = _resolve_styles(styles, shares)
-    methods = sorted(shares)
-    values = {m: [shares[m].get(k, math.nan) for k in kinds] for m in methods}
-    fig, axes = _figure(width=max(WIDTH, min(10.0, 3.5 + 0.06 * len(kinds) * len(methods))))
-    ax = axes[0, 0]
-    handles, labels, spans = _grouped_bars(ax, kinds, values, styles)
-    for r, (label, reference) in enumerate(references.items()):
-        linestyle = _REFERENCE_STYLES[r % len(_REFERENCE_STYLES)]
-        drawn = False
-        for (left, right), kind in zip(spans, kinds, strict=True):
-            value = reference.get(kind, math.nan)
-            if math.isfinite(value):
-                ax.hlines(
-                    value, left - 0.03, right + 0.03, colors="black", linestyles=linestyle, lw=1.3, zorder=4
-                )
-                drawn = True
-        if drawn:
-            handles.append(Line2D([], [], color="black", linestyle=linestyle, linewidth=1.3))
-            labels.append(label)
-    _percent_axis(ax)
-    ax.set_xlabel("Planted defect", fontsize=FONT)
-    ax.set_ylabel("Share of training exposures (%)", fontsize=FONT)
-    _legend(fig, handles, labels)
-    _title(fig, title)
-    return _save(fig, stem, dpi=dpi, formats=formats)
-
-
-def _percent(value: float, _pos: Any = None) -> str:
-    """A share (0..1) as a percent tick label: 5%, 12.5%."""
-    return f"{round(value * 100, 6):g}%"
-
-
-def _percent_axis(ax: Axes) -> None:
-    ax.yaxis.set_major_formatter(FuncFormatter(_percent))
-    ax.set_ylim(bottom=0)
-    ax.margins(y=0.08)
-
-
-def _defects_by_budget(
-    shares: dict[str, dict[str, float]],
-    split: Mapping[str, tuple[str, str] | None],
-    kinds: list[str],
-    references: dict[str, dict[str, float]],
-    stem: Path | str,
-    title: str | None,
-    styles: Mapping[str, MethodStyle] | None,
-    dpi: int,
-    formats: Sequence[str],
-) -> list[Path]:
-    """:func:`plot_defect_shares` for run labels: a panel per kind, budgets on x, a colour per method."""
-    cell = {}  # (method, budget) -> label
-    for label, parts in split.items():
-        method, budget = parts if parts else (label, WHOLE_POOL_LABEL)
-        cell[method, budget] = label
-    budgets = _category_order(b for _, b in cell if b != WHOLE_POOL_LABEL)
-    if any(b == WHOLE_POOL_LABEL for _, b in cell):
-        budgets.append(WHOLE_POOL_LABEL)
-    methods = sorted({m for m, _ in cell})
-    styles = _resolve_styles(styles, methods)
-    nrows, ncols = _grid_shape(len(kinds), 3)
-    slots = max(sum(1 for m in methods if (m, b) in cell) for b in budgets)
-    width = max(WIDTH, min(10.0, 2.5 + 0.05 * ncols * len(budgets) * slots))
-    fig, axes = _figure(nrows, ncols, width=width, height=0.9 + 2.6 * nrows, sharex=True)
-    legend: dict[str, Any] = {}
-    for k, kind in enumerate(kinds):
-        ax = axes.flat[k]
-        values = {
-            m: [shares[cell[m, b]].get(kind, math.nan) if (m, b) in cell else math.nan for b in budgets]
-            for m in methods
-        }
-        handles, labels, _ = _grouped_bars(ax, budgets, values, styles, wrap=6)
-        legend.update({label: handle for handle, label in zip(handles, labels, strict=True)})
-        for r, (label, reference) in enumerate(references.items()):
-            value = reference.get(kind, math.nan)
-            if math.isfinite(value):
-                linestyle = _REFERENCE_STYLES[r % len(_REFERENCE_STYLES)]
-                ax.axhline(value, color="black", linestyle=linestyle, linewidth=1.2, zorder=4)
-                legend.setdefault(label, Line2D([], [], color="black", linestyle=linestyle, linewidth=1.2))
-        ax.set_title(kind, fontsize=FONT)
-        _percent_axis(ax)
-    _hide_unused(axes, len(kinds))
-    fig.supxlabel("Data budget (fraction of pool)", fontsize=FONT)
-    fig.supylabel("Share of training exposures (%)", fontsize=FONT)
-    ordered = [m for m in methods if m in legend] + [r for r in references if r in legend]
-    _legend(fig, [legend[name] for name in ordered], ordered)
-    _title(fig, title, panels=True)
-    return _save(fig, stem, dpi=dpi, formats=formats)
+    add_legend(fig, list(legend.values()), list(legend), title="shaded: ±1 sd over seeds" if bands else None)
+    add_title(fig, title, panels=not single)
+    return save_figure(fig, stem, dpi=dpi, formats=formats)
