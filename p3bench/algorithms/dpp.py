@@ -61,6 +61,7 @@ from p3bench.algorithms.dpp_common import (
     as_matrix,
     as_quality,
     check_eps,
+    check_greedy_inputs,
     check_k,
     check_ridge,
     log_det,
@@ -121,21 +122,7 @@ def greedy_map_rows(
 
     Cost: ``O(n (|forced| + k))`` memory for the factor and ``O(n t)`` per pick plus the row callback.
     """
-    d2 = np.array(diag, dtype=np.float64, copy=True)
-    if d2.ndim != 1:
-        raise ValueError(f"diag has shape {d2.shape}: expected a 1-d array")
-    n = d2.shape[0]
-    n_cand = n if n_candidates is None else int(n_candidates)
-    if not 0 <= n_cand <= n:
-        raise ValueError(f"n_candidates={n_candidates} is out of range: expected 0..{n}")
-    forced_idx = np.asarray(forced, dtype=np.int64).reshape(-1)
-    if forced_idx.size and (forced_idx.min() < 0 or forced_idx.max() >= n):
-        raise ValueError(f"forced items must be indices in [0, {n}): got {forced_idx.tolist()}")
-    if n_cand < n and not np.isin(np.arange(n_cand, n), forced_idx).all():
-        raise ValueError("items at or beyond n_candidates must all be forced")
-    n_available = n_cand - np.unique(forced_idx[forced_idx < n_cand]).size
-    k = check_k(k, n_available)
-    eps = check_eps(eps)
+    d2, n, n_cand, forced_idx, k, eps = check_greedy_inputs(diag, k, n_candidates, forced, eps)
 
     cand = d2[:n_cand]  # view: picked and forced items are set to -inf
     factor = np.empty((forced_idx.size + k, n))  # row t: e over all items at step t (C transposed)

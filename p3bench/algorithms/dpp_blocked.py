@@ -51,7 +51,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from scipy.linalg import solve_triangular
 
-from p3bench.algorithms.dpp_common import DPPResult, check_eps, check_k, one_blas_thread
+from p3bench.algorithms.dpp_common import DPPResult, check_greedy_inputs, one_blas_thread
 from p3bench.utils.progress import progress_bar
 
 __all__ = ["ColumnsFn", "greedy_map_blocked"]
@@ -123,21 +123,7 @@ def greedy_map_blocked(
         dtype: of the factor (float32 or float64); the gains are accumulated in float64.
         progress: a progress bar over the forced items and the picks, updated once per block.
     """
-    d2 = np.array(diag, dtype=np.float64, copy=True)
-    if d2.ndim != 1:
-        raise ValueError(f"diag has shape {d2.shape}: expected a 1-d array")
-    n = d2.shape[0]
-    n_cand = n if n_candidates is None else int(n_candidates)
-    if not 0 <= n_cand <= n:
-        raise ValueError(f"n_candidates={n_candidates} is out of range: expected 0..{n}")
-    forced_idx = np.asarray(forced, dtype=np.int64).reshape(-1)
-    if forced_idx.size and (forced_idx.min() < 0 or forced_idx.max() >= n):
-        raise ValueError(f"forced items must be indices in [0, {n}): got {forced_idx.tolist()}")
-    if n_cand < n and not np.isin(np.arange(n_cand, n), forced_idx).all():
-        raise ValueError("items at or beyond n_candidates must all be forced")
-    n_available = n_cand - np.unique(forced_idx[forced_idx < n_cand]).size
-    k = check_k(k, n_available)
-    eps = check_eps(eps)
+    d2, n, n_cand, forced_idx, k, eps = check_greedy_inputs(diag, k, n_candidates, forced, eps)
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise ValueError(f"block={block!r} is invalid: expected an integer >= 1")
     dt = np.dtype(dtype)

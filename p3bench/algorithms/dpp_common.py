@@ -82,6 +82,28 @@ def check_eps(eps: float) -> float:
     return float(eps)
 
 
+def check_greedy_inputs(
+    diag: ArrayLike, k: int, n_candidates: int | None, forced: Sequence[int] | NDArray[np.integer], eps: float
+) -> tuple[NDArray[np.float64], int, int, NDArray[np.int64], int, float]:
+    """The checked inputs of a greedy MAP run over items ``0..n-1`` with kernel diagonal ``diag``: a float64
+    copy of the diagonal (the gains ``d_i^2`` the greedy updates), ``n``, the number of candidates, the forced
+    items, ``k`` (at most the candidates that are not forced) and ``eps``; one-line errors otherwise."""
+    d2 = np.array(diag, dtype=np.float64, copy=True)
+    if d2.ndim != 1:
+        raise ValueError(f"diag has shape {d2.shape}: expected a 1-d array")
+    n = d2.shape[0]
+    n_cand = n if n_candidates is None else int(n_candidates)
+    if not 0 <= n_cand <= n:
+        raise ValueError(f"n_candidates={n_candidates} is out of range: expected 0..{n}")
+    forced_idx = np.asarray(forced, dtype=np.int64).reshape(-1)
+    if forced_idx.size and (forced_idx.min() < 0 or forced_idx.max() >= n):
+        raise ValueError(f"forced items must be indices in [0, {n}): got {forced_idx.tolist()}")
+    if n_cand < n and not np.isin(np.arange(n_cand, n), forced_idx).all():
+        raise ValueError("items at or beyond n_candidates must all be forced")
+    n_available = n_cand - np.unique(forced_idx[forced_idx < n_cand]).size
+    return d2, n, n_cand, forced_idx, check_k(k, n_available), check_eps(eps)
+
+
 def as_matrix(x: ArrayLike, name: str) -> NDArray[np.float64]:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2:
