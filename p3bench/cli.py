@@ -67,8 +67,19 @@ def check_group_overrides(args: list[str]) -> str | None:
         known = group_choices(key)
         for choice in value.split(","):
             if choice not in known:
-                return unknown_name_message(f"{key} config", choice, known)
+                return unknown_name_message(f"{key} config", choice, known) + controls_note(key, known)
     return None
+
+
+def controls_note(group: str, known: list[str]) -> str:
+    """For the ``method`` group, which of its choices are controls (selections whose answer is known, to check
+    a testbed, not methods to compare); nothing for other groups."""
+    if group != "method":
+        return ""
+    from p3bench.methods import is_control
+
+    controls = [name for name in known if is_control(name)]
+    return f"; controls (known answer, not methods to compare): {', '.join(controls)}" if controls else ""
 
 
 def task(cfg: Any) -> float | None:

@@ -231,6 +231,10 @@ def prepare_run(cfg: DictConfig, hand_off: bool = False) -> PreparedRun:
     method_cls, options = method_options(cfg)
     check_trainer_arguments(cfg)
     splits = load_splits(cfg, hand_off=hand_off)
+    if getattr(method_cls, "control", False):  # a control needs the planted-defect oracle fields
+        from p3bench.methods.controls import planted_defects
+
+        planted_defects(splits.train, str(cfg.method.name), splits.name)
     return PreparedRun(method_cls, options, splits, identity, resume)
 
 

@@ -1,8 +1,9 @@
 """The results schema every run writes, and the selection and prediction files beside it.
 
 ``results.json`` (schema documented in docs/results.md) holds the config, package versions, the seed, a
-selection summary with the sha256 of the sorted selected ids, test and validation metrics, and compute
-(training tokens, selection forward tokens, wall times). All files are written atomically.
+selection summary with the sha256 of the sorted selected ids, test and validation metrics (each test mean with
+its standard error, accuracy with its Wilson interval), and compute (training tokens, selection forward
+tokens, FLOPs of every model trained or run, wall times). All files are written atomically.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def trained_defect_shares(results: dict[str, Any]) -> dict[str, float]:
 
 def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
     """The run's headline numbers under names shared by every method (wandb summary ``summary/<name>``,
-    report columns): quality and its metric, data fraction, compute, time, and planted-defect shares."""
+    report columns): quality and its metric, data fraction, compute (tokens, and FLOPs where the run recorded
+    them), time, and planted-defect shares."""
     metrics, selection, compute = results["metrics"], results["selection"], results["compute"]
     name, higher = quality_metric(results)
     seconds = compute.get("seconds") or {}
@@ -188,6 +190,13 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
         "quality_higher_is_better": higher,
         "test_accuracy": metrics.get("test/accuracy"),
         "test_perplexity": metrics.get("test/perplexity"),
+        # the continuous metrics a report heads its tables with near the accuracy floor, and their errors
+        "test_accuracy_ci_low": metrics.get("test/accuracy_ci_low"),
+        "test_accuracy_ci_high": metrics.get("test/accuracy_ci_high"),
+        "test_answer_bpb": metrics.get("test/answer_bpb"),
+        "test_answer_bpb_se": metrics.get("test/answer_bpb_se"),
+        "test_solution_bpb": metrics.get("test/solution_bpb"),
+        "test_solution_bpb_se": metrics.get("test/solution_bpb_se"),
         "val_loss": metrics.get("val/loss"),
         "data_fraction": selection.get("fraction"),
         "n_selected": selection.get("n_selected"),
@@ -198,6 +207,10 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
         "total_compute_tokens": None
         if train_tokens is None and selection_tokens is None
         else (train_tokens or 0) + (selection_tokens or 0),
+        # FLOPs (p3bench.compute: 2N a forward token, 6N a training token, per model); absent in older runs
+        "train_flops": compute.get("train_flops"),
+        "selection_flops": compute.get("selection_flops"),
+        "total_compute_flops": compute.get("total_flops"),
         "optimizer_steps": compute.get("optimizer_steps"),
         "seconds_total": seconds.get("total"),
         "seconds_selection": seconds.get("selection"),

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from p3bench.callbacks import RunState, TokenBudget
 from p3bench.checkpoints import AtomicCheckpointIO
+from p3bench.compute import model_size, run_compute
 from p3bench.data import DatasetSplits
 from p3bench.errors import Interrupted
 from p3bench.eval.answers import EVALUATORS
@@ -269,6 +270,13 @@ def build_results(
             "optimizer_steps": int(trainer.global_step),
             "epochs_completed": int(trainer.current_epoch),
             "selection_forward_tokens": sum(r["forward_tokens"] for r in selection["rounds"]),
+            # FLOPs by model and role (components), train_flops, selection_flops, total_flops: p3bench.compute
+            **run_compute(
+                datamodule.rounds,
+                model_size(module.model),
+                counters["train_tokens"],
+                (warm_start_record or {}).get("train_tokens"),
+            ),
             # wall times of this process (a resumed run counts from its restart); train includes validation
             "seconds": {
                 "selection": round(selection_seconds, 3),
@@ -303,15 +311,22 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     header = ["method", "budget", "examples", "train tokens", "test ppl" if is_lm else "test acc"] + [
         k.rsplit("_", 1)[-1] for k in levels
     ]
+    continuous = [k for k in ("test/answer_bpb", "test/solution_bpb") if k in metrics][:1]
+    header += [k.removeprefix("test/").replace("_", " ") for k in continuous]
     header.append("time (s)")
     score = metrics.get("test/perplexity" if is_lm else "test/accuracy")
+    low, high = metrics.get("test/accuracy_ci_low"), metrics.get("test/accuracy_ci_high")
+    accuracy = "-" if score is None else f"{score:.3f}"
+    if not is_lm and score is not None and low is not None and high is not None:
+        accuracy += f" [{low:.3f}, {high:.3f}]"
     row = [
         run["method"],
         str(run["budget"]),
         str(sel["n_selected"]),
         str(compute["train_tokens"]),
-        "-" if score is None else f"{score:.2f}" if is_lm else f"{score:.3f}",
+        "-" if score is None else f"{score:.2f}" if is_lm else accuracy,
         *[f"{metrics[k]:.3f}" for k in levels],
+        *[f"{metrics[k]:.3f} ± {metrics.get(k + '_se', float('nan')):.3f}" for k in continuous],
         f"{compute['seconds']['total']:.0f}",
     ]
     widths = [max(len(h), len(c)) for h, c in zip(header, row, strict=True)]
@@ -323,7 +338,11 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
             f"(test ppl is held-out perplexity, exp of the mean NLL per token)\nrun directory: {output_dir}"
         )
     else:
-        print(f"(per-level columns are test accuracy by difficulty level)\nrun directory: {output_dir}")
+        print(
+            "(test acc with its 95% Wilson interval; per-level columns are test accuracy by difficulty level; "
+            "bits per byte of the reference answer or solution ± its standard error over test problems)\n"
+            f"run directory: {output_dir}"
+        )
 
 
 def close_loggers(loggers: list[Any]) -> None:

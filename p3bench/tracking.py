@@ -2,6 +2,7 @@
 
 - :class:`SelectionMetrics`, a callback: each selection round's metrics (``selection/*``) go to every logger
   of the trainer (CSV and wandb alike) at the step the round starts training.
+- :func:`tag_control_run`, as training starts: the tag ``control`` on the wandb run of a control method.
 - :func:`log_run_to_wandb`, after the run: the headline numbers as ``summary/<name>`` in the wandb run
   summary (the names of :func:`p3bench.results.summary_metrics`, the same for every method), the selection
   diagnostics as wandb tables, and the selection file as an artifact.
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from p3bench.methods import is_control
 from p3bench.results import (
     PLANTED_DEFECTS,
     RESULTS_FILE,
@@ -36,6 +38,8 @@ DEFECTS_TABLE = "selection/defects"
 ROUNDS_TABLE = "selection/rounds"
 #: the artifact type of the selection file
 ARTIFACT_TYPE = "selection"
+#: the wandb tag of a run whose method is a control (a selection whose answer is known)
+CONTROL_TAG = "control"
 #: the per-round names every round has; a diagnostic of the same name is logged as ``diagnostics_<name>``
 _BASE_NAMES = ("round", "n", "fraction", "forward_tokens", "seconds")
 #: the composition's categories a round's shares and the composition table break down
@@ -119,6 +123,10 @@ class SelectionMetrics(pl.Callback):
     def __init__(self) -> None:
         self.logged_rounds: set[int] = set()
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            tag_control_run(trainer.loggers, getattr(trainer.datamodule, "name", None))
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.log_new_rounds(trainer)
 
@@ -155,6 +163,18 @@ class SelectionMetrics(pl.Callback):
 def wandb_loggers(loggers: Iterable[Any]) -> list[Any]:
     """The Lightning ``WandbLogger`` instances among ``loggers``."""
     return [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
+
+
+def tag_control_run(loggers: Iterable[Any], method: str | None) -> None:
+    """Add the tag :data:`CONTROL_TAG` to each wandb run among ``loggers`` when ``method`` is a control
+    (:func:`p3bench.methods.is_control`), so that dashboards can keep controls apart from methods."""
+    if method is None or not is_control(method):
+        return
+    for logger in wandb_loggers(loggers):
+        run = logger.experiment
+        tags = tuple(run.tags or ())
+        if CONTROL_TAG not in tags:
+            run.tags = (*tags, CONTROL_TAG)
 
 
 def log_run_to_wandb(loggers: Iterable[Any], results: dict[str, Any], output_dir: str | Path) -> None:

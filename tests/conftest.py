@@ -150,3 +150,14 @@ def tiny_llama(tokenizer, num_layers: int = 1, max_positions: int = 512, seed: i
         eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(autouse=True)
+def _progress_switch_restored():
+    """A run in this process sets the process-wide progress switch from its ``progress`` setting; restore it
+    after each test so that a run with ``progress=false`` does not silence the bars another test expects."""
+    from p3bench.utils import progress
+
+    before = progress.progress_enabled()
+    yield
+    progress.set_progress_enabled(before)

@@ -214,3 +214,30 @@ def test_invalid_arguments():
 def test_default_size_generates():
     built = load_synthetic_math()
     assert (len(built.train), len(built.validation), len(built.test)) == (20000, 500, 1000)
+
+
+def test_answer_noise_keeps_the_worked_solution_and_changes_only_the_label():
+    steps = load_synthetic_math(n_train=400, n_val=10, n_test=10, seed=3)
+    labels = load_synthetic_math(n_train=400, n_val=10, n_test=10, seed=3, noise_kind="answer")
+    assert [ex.prompt for ex in steps.train] == [ex.prompt for ex in labels.train]
+    noisy = 0
+    for last_step, answer_only in zip(steps.train, labels.train, strict=True):
+        assert last_step.meta == answer_only.meta and last_step.answer == answer_only.answer
+        if not last_step.meta["is_noisy"]:
+            assert last_step.target == answer_only.target
+            continue
+        noisy += 1
+        right, wrong = last_step.meta["clean_answer"], answer_only.answer
+        *work, final = answer_only.target.split("\n")
+        assert final == f"The answer is \\boxed{{{wrong}}}." and wrong != right
+        # the worked solution is the clean one: its last step computes the right answer
+        assert work[-1].endswith(f"= {right}")
+        assert last_step.target.split("\n")[-2].endswith(f"= {wrong}")
+    assert noisy == round(0.1 * 400)
+
+
+def test_unknown_noise_kind_is_one_line_naming_the_choices():
+    with pytest.raises(
+        ConfigError, match=r"noise_kind='labels' is invalid: expected one of last_step, answer"
+    ):
+        load_synthetic_math(n_train=50, noise_kind="labels")

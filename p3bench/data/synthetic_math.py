@@ -15,7 +15,9 @@ a fresh line; ``answer`` is the boxed answer as written in the target.
 Planted defects, in the train pool only, exact in count (``round(rate * n_train)`` each, disjoint):
 
 - label noise (``meta["is_noisy"]``): the last step's result and the boxed answer are replaced by a wrong
-  number; ``answer`` holds that wrong number and ``meta["clean_answer"]`` the right one.
+  number (``noise_kind="last_step"``), or only the boxed answer is (``noise_kind="answer"``: a right worked
+  solution under a wrong final-answer label); ``answer`` holds that wrong number and ``meta["clean_answer"]``
+  the right one.
 - near-duplicates (``meta["dup_group"]``): extra copies (1 to 3 a group) of a clean example with a small
   surface change (spacing, punctuation, capitalisation, or the instruction reworded), same numbers and
   target. Every member of a group, the original included, has the group's id; ``meta["is_duplicate"]`` is
@@ -294,9 +296,18 @@ def _wrong_answer(rng: random.Random, right: int) -> int:
             return wrong
 
 
-def _noisy_lines(lines: tuple[str, ...], wrong: int) -> tuple[str, ...]:
+#: how a noisy label is wrong: ``last_step``: the last step's result and the boxed answer (a worked solution
+#: with one wrong computation, consistent with its answer); ``answer``: only the boxed answer (a right worked
+#: solution under a wrong final-answer label)
+NOISE_KINDS = ("last_step", "answer")
+
+
+def _noisy_lines(lines: tuple[str, ...], wrong: int, kind: str = "last_step") -> tuple[str, ...]:
+    answer_line = f"The answer is \\boxed{{{wrong}}}."
+    if kind == "answer":
+        return (*lines[:-1], answer_line)
     last_step = lines[-2].rsplit("= ", 1)[0] + f"= {wrong}"
-    return (*lines[:-2], last_step, f"The answer is \\boxed{{{wrong}}}.")
+    return (*lines[:-2], last_step, answer_line)
 
 
 def _near_duplicate(rng: random.Random, problem: _Problem, taken: set[str]) -> str:
@@ -423,9 +434,16 @@ def load_synthetic_math(
     duplicate_rate: float = 0.05,
     junk_rate: float = 0.05,
     levels: int | list[int] = 5,
+    noise_kind: str = "last_step",
 ) -> DatasetSplits:
     """The synthetic arithmetic dataset (see the module docstring); ``levels`` is a count (levels 1..levels)
-    or a list of levels. Defect counts are ``round(rate * n_train)``; the rest of train is clean."""
+    or a list of levels. Defect counts are ``round(rate * n_train)``; the rest of train is clean.
+    ``noise_kind`` (:data:`NOISE_KINDS`) says what a noisy label gets wrong; the same arguments otherwise give
+    the same examples whatever the kind."""
+    if noise_kind not in NOISE_KINDS:
+        raise ConfigError(
+            f"synthetic_math noise_kind={noise_kind!r} is invalid: expected one of {', '.join(NOISE_KINDS)}"
+        )
     level_list = _check_args(
         n_train,
         n_val,
@@ -467,7 +485,7 @@ def load_synthetic_math(
         if i in noisy:
             wrong = _wrong_answer(rng, problem.answer)
             lines, meta = (
-                _noisy_lines(problem.lines, wrong),
+                _noisy_lines(problem.lines, wrong, noise_kind),
                 _meta(problem.level, problem.type, right, is_noisy=True),
             )
             rows.append((problem.prompt, "\n".join(lines), str(wrong), meta))

@@ -68,6 +68,31 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
     return None
 
 
+def _last_box_opening(text: str) -> tuple[int, int] | None:
+    """Where the last ``\\boxed``/``\\fbox`` command of ``text`` ends, and the first position after it that
+    is not a space or tab; None without one."""
+    matches = list(_BOX_COMMAND.finditer(text))
+    if not matches:
+        return None
+    end = i = matches[-1].end()
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    return end, i
+
+
+def last_box_content_span(text: str) -> tuple[int, int] | None:
+    """The character span of the content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (braces
+    balanced, as :func:`last_boxed` reads it); None without one, without braces, or when it is not closed."""
+    opening = _last_box_opening(text)
+    if opening is None:
+        return None
+    i = opening[1]
+    if i >= len(text) or text[i] != "{":
+        return None
+    group = _braced_group(text, i)
+    return None if group is None else (i + 1, group[1] - 1)
+
+
 def last_boxed(text: str | None) -> str | None:
     """The content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, braces balanced.
 
@@ -77,16 +102,14 @@ def last_boxed(text: str | None) -> str | None:
     """
     if not text:
         return None
-    matches = list(_BOX_COMMAND.finditer(text))
-    if not matches:
+    opening = _last_box_opening(text)
+    if opening is None:
         return None
-    i = matches[-1].end()
-    while i < len(text) and text[i] in " \t":
-        i += 1
+    command_end, i = opening
     if i < len(text) and text[i] == "{":
         group = _braced_group(text, i)
         return (group[0].strip() or None) if group is not None else None
-    if i == matches[-1].end():  # "\boxed" directly followed by something other than a space or "{"
+    if i == command_end:  # "\boxed" directly followed by something other than a space or "{"
         return None
     token = re.match(r"[^\s$]+", text[i:])
     if token is None:

@@ -49,4 +49,24 @@ for _name, _target in {
 }.items():
     METHODS.register_lazy(_name, f"p3bench.methods.{_target}")
 
-__all__ = ["METHODS"]
+# controls: selections whose answer is known (positive: the budget without planted defects; negative: planted
+# defects over-represented), marked as controls wherever methods are listed; the only methods that may read
+# the datasets' oracle fields (p3bench/methods/controls.py)
+CONTROLS: frozenset[str] = frozenset({"oracle_clean", "oracle_defects"})
+METHODS.register_lazy("oracle_clean", "p3bench.methods.controls:OracleClean")
+METHODS.register_lazy("oracle_defects", "p3bench.methods.controls:OracleDefects")
+
+
+def is_control(name: str) -> bool:
+    """Whether the method registered as ``name`` is a control (a selection whose effect is known in advance,
+    to check a testbed), not a method to compare. False for a name that is not registered. Answered without
+    importing the method (report code can call it cheaply); its class says the same (``control = True``)."""
+    return name in CONTROLS
+
+
+def control_names() -> list[str]:
+    """The names of the registered controls, sorted."""
+    return sorted(CONTROLS)
+
+
+__all__ = ["CONTROLS", "METHODS", "control_names", "is_control"]

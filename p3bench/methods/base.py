@@ -25,13 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from p3bench.compute import ComputeLedger
 from p3bench.data.example import DatasetSplits, Example
 from p3bench.methods.budget import resolve_budget
 from p3bench.models.collate import (
     EncodedPool,
     EncodedSubset,
     ExampleRefs,
-    GenerationCollator,
+    GenerationTestCollator,
     TrainCollator,
     encode_examples,
 )
@@ -76,6 +77,8 @@ class RoundRecord:
     diagnostics: dict[str, Any]
     forward_tokens: int
     seconds: float
+    #: the models the round ran or trained (p3bench.compute.ComputeComponent.to_dict of each)
+    compute: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ids_sha256(self) -> str:
@@ -124,6 +127,8 @@ class SelectionDataModule(pl.LightningDataModule):
             raise ValueError(f"dataset {splits.name!r} has duplicate example ids in its train split")
         self.rounds: list[RoundRecord] = []
         self.selection_seconds_this_process = 0.0
+        # where ``select`` reports each model it runs or trains (p3bench.compute); one per round
+        self.compute_ledger = ComputeLedger()
         self._encoded: dict[str, EncodedPool] = {}
         # one order generator per round; its state is checkpointed so a resumed run sees the same batches
         self._order_generators: dict[int, torch.Generator] = {}
@@ -200,6 +205,7 @@ class SelectionDataModule(pl.LightningDataModule):
         if module is not None and self.trainer is not None:
             module.to(self.trainer.strategy.root_device)
         start = time.perf_counter()
+        self.compute_ledger = ComputeLedger()
         try:
             selection = self.select(ctx)
         finally:
@@ -223,6 +229,7 @@ class SelectionDataModule(pl.LightningDataModule):
             diagnostics=to_plain(selection.diagnostics),
             forward_tokens=int(selection.forward_tokens),
             seconds=seconds,
+            compute=self.compute_ledger.to_list(),
         )
         self.rounds.append(record)
         return record
@@ -313,15 +320,16 @@ class SelectionDataModule(pl.LightningDataModule):
         )
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches with their examples: prompts for generation, or for the ``lm`` task whole documents
-        for teacher-forced scoring (held-out perplexity)."""
+        """Test batches with their examples: prompts for generation together with the teacher-forced prompt +
+        target (continuous metrics), or for the ``lm`` task whole documents for teacher-forced scoring
+        (held-out perplexity)."""
         encoded = self.encoded("test")
         examples = self.examples("test")
-        collate: TrainCollator | GenerationCollator
+        collate: TrainCollator | GenerationTestCollator
         if self.splits.task == "lm":
             collate = TrainCollator(self.tokenizer.pad_token_id, self.max_length)
         else:
-            collate = GenerationCollator(self.tokenizer.pad_token_id, self.max_length)
+            collate = GenerationTestCollator(self.tokenizer.pad_token_id, self.max_length)
 
         def collate_with_examples(items: list[dict[str, Any]]) -> dict[str, Any]:
             batch: dict[str, Any] = collate(items)

@@ -47,7 +47,7 @@ lowest-ranked full band instead, counted as ``clamped_batches``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -64,6 +64,7 @@ from p3bench.algorithms.reweighting import (
     midranking_weights,
     weight_stats,
 )
+from p3bench.data.example import Example
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice
@@ -71,6 +72,16 @@ from p3bench.methods.options import choice
 NORMALISATIONS = ("device", "global")
 #: Oracle fields of planted defects whose weight mass is logged (``meta[field]`` True), by metric name.
 ORACLE_FIELDS = {"noisy": "is_noisy", "junk": "is_junk", "duplicate": "is_duplicate"}
+
+
+def planted_defect_masks(pool: Sequence[Example]) -> dict[str, np.ndarray]:
+    """Per kind of planted defect the pool holds, a boolean per pool example (``meta[field]`` true): for the
+    weight-mass logs only (``weights/mass_<kind>``), never for the weights."""
+    return {
+        metric: np.array([bool(ex.meta.get(field)) for ex in pool])
+        for metric, field in ORACLE_FIELDS.items()
+        if any(ex.meta.get(field) for ex in pool)
+    }
 
 
 class InBatchReweighting(SelectionDataModule):
@@ -105,11 +116,7 @@ class InBatchReweighting(SelectionDataModule):
                 f"method.accumulate_micro_batches={accumulate_micro_batches!r}: expected true or false"
             )
         self.accumulate_micro_batches = accumulate_micro_batches
-        self._oracle = {
-            metric: np.array([bool(ex.meta.get(field)) for ex in self.pool])
-            for metric, field in ORACLE_FIELDS.items()
-            if any(ex.meta.get(field) for ex in self.pool)
-        }
+        self._oracle = planted_defect_masks(self.pool)
         self._totals: dict[str, float] = {}
         self._batches = 0
         self.last_weight_metrics: dict[str, float] = {}

@@ -17,7 +17,9 @@ An example's loss is what training minimises for it: the mean NLL over its targe
 one pass per scoring model (two for ``rho_loss``), whatever its source, and never cached. Training a
 ``trained`` model is not a pass over the pool for selection and is not in the forward tokens: its tokens are
 in the round's diagnostics (the model's ``train_tokens``, and ``reference_training_tokens`` when this run
-trained it rather than loading it from the cache). An example whose target is cut off entirely (a prompt of
+trained it rather than loading it from the cache). The round's compute in FLOPs (:mod:`p3bench.compute`)
+counts each model's pass over the pool and, for a ``trained`` model, its training, whether or not the cache
+served it (the compute belongs to the method). An example whose target is cut off entirely (a prompt of
 ``max_length`` tokens or more) has nothing to train on: it scores 0, as in training, and is ranked after every
 other example. Exact ties are broken by a fixed hash of the example ids.
 
@@ -51,6 +53,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from p3bench.compute import RUN_MODEL, model_size
 from p3bench.errors import ConfigError
 from p3bench.methods.base import SelectionContext
 from p3bench.methods.options import merge_options
@@ -184,6 +187,7 @@ class LossScoredSampler(PoolScoringMethod):
             key=f"method.{key}",
             progress=self.progress,
         )
+        size = model_size(reference.model)
         try:
             result = example_losses(
                 reference,
@@ -199,6 +203,12 @@ class LossScoredSampler(PoolScoringMethod):
             del reference
             if separate and torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        # the round's compute in FLOPs: the pass over the pool, and the training of a ``trained`` model
+        # (whether this run trained it or the cache served it)
+        name = RUN_MODEL if settings.source == "initial" else f"method.{key}"
+        self.compute_ledger.add(name, "selection_forward", size, result.forward_tokens)
+        if trained:
+            self.compute_ledger.add(name, "selection_train", size, int(info.get("train_tokens", 0)))
         return result, info
 
     def ranking(self, values: np.ndarray, has_target: np.ndarray) -> np.ndarray:

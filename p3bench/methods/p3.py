@@ -21,7 +21,9 @@ A round's forward tokens are the non-padding tokens its models process over the 
 ``policy`` features; none for the ``level`` and ``uniform`` scorers), plus the DPP's sentence embedder (its
 own tokenization after its truncation, special tokens included; 0 for ``tfidf``, and nothing extra for
 ``policy``, whose features come from the scoring pass). The pool is embedded once per run, so its tokens count in the first round that runs the DPP, whether
-or not the embedding cache served the vectors (and not again after a resume).
+or not the embedding cache served the vectors (and not again after a resume). The round's compute in FLOPs
+(:mod:`p3bench.compute`) counts the scoring pass with the run model's parameters and the embedding with the
+embedder's.
 
 Departures from the paper and its public code (2408.05541's method section and results could not be
 checked; the public code is the reference): the policy embedding is the mean-pooled last hidden state of
@@ -64,6 +66,7 @@ import numpy as np
 from p3bench.algorithms.diversity import KERNEL_RANK_SAMPLE, kernel_effective_rank, selection_diversity
 from p3bench.algorithms.dpp import DEFAULT_RIDGE, FILLS, KERNELS, dpp_select
 from p3bench.algorithms.pace import SelfPacedSchedule
+from p3bench.compute import RUN_MODEL, model_size, record_embedding
 from p3bench.embeddings import build_embedder, cached_embeddings_counted
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
@@ -327,6 +330,8 @@ class P3(SelectionDataModule):
             round=ctx.round,
         )
         tokens = result.forward_tokens
+        if tokens:  # the current model's pass over the pool, in the round's compute
+            self.compute_ledger.add(RUN_MODEL, "selection_forward", model_size(ctx.module.model), tokens)
         if static:
             if self.static_scores is None:
                 self.static_scores = [float(v) for v in result.scores]
@@ -396,6 +401,7 @@ class P3(SelectionDataModule):
             self._embeddings, tokens = cached_embeddings_counted(embedder, self._texts(), self.cache_dir)
             if not self.embedding_tokens_counted:
                 self.embedding_tokens_counted = True
+                record_embedding(self.compute_ledger, embedder, tokens)
                 return self._embeddings, tokens
         return self._embeddings, 0
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from p3bench.compute import record_embedding
 from p3bench.embeddings import build_embedder, cached_embeddings_counted
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice
@@ -105,7 +106,10 @@ class PoolScoringMethod(SelectionDataModule):
         embedding them takes (0 for a model-free embedder; the same on a cache hit)."""
         kwargs = dict(embedder_kwargs or {})
         kwargs.setdefault("progress", self.progress)
-        return cached_embeddings_counted(build_embedder(embedder, **kwargs), self.texts(), self.cache_dir)
+        model = build_embedder(embedder, **kwargs)
+        vectors, tokens = cached_embeddings_counted(model, self.texts(), self.cache_dir)
+        record_embedding(self.compute_ledger, model, tokens)  # the round's compute in FLOPs
+        return vectors, tokens
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:

@@ -11,7 +11,9 @@ scorer's own tokenization of each text after its truncation, inside the Ask-LLM 
 decoder-start token per text for a seq2seq judge), BOS included for perplexity. They are counted whether or
 not the score cache served the scores (the cache sidecar keeps the count; an older sidecar without it is
 recounted with the tokenizer). Training a stand-in is not a pass over the pool for selection and is not in
-the forward tokens; how it was trained (steps, batch size, ...) is in the round's ``scorer.standin``.
+the forward tokens; how it was trained (steps, batch size, tokens, ...) is in the round's ``scorer.standin``.
+Both go into the round's compute in FLOPs (:mod:`p3bench.compute`): the scorer's pass at ``2N`` per token
+(a seq2seq judge's encoder and decoder each with their own parameters), a stand-in's training at ``6N``.
 
 Where the scorer comes from (``source``, set for a whole sweep by the top-level ``quality_scorers`` key):
 
@@ -30,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from p3bench.compute import model_size
 from p3bench.data import load_dataset_splits
 from p3bench.errors import ConfigError
 from p3bench.methods.base import SelectionContext
@@ -97,6 +100,21 @@ class ModelScoredSampler(PoolScoringMethod):
             **extra,
         )
 
+    def record_compute(
+        self, name: str, scorer: Any, cached: CachedScores, standin: dict[str, Any] | None, **replay: Any
+    ) -> None:
+        """Report the scorer's pass over the pool and, for a stand-in, its training to the round's compute
+        ledger (:mod:`p3bench.compute`). A seq2seq scorer's decoder reads one start token per text; the rest
+        of the forward tokens are its encoder's. ``replay``: the texts (and template) a stand-in trained on,
+        for a ``standin.json`` written before stand-ins recorded their training tokens."""
+        size = model_size(scorer.model)
+        decoder = len(self.pool) if size.decoder_params is not None and cached.forward_tokens else 0
+        ledger = self.compute_ledger
+        ledger.add(name, "selection_forward", size, cached.forward_tokens - decoder, decoder_tokens=decoder)
+        if standin is not None:
+            encoder, decoder = standins.training_tokens(standin, scorer.tokenizer, **replay)
+            ledger.add(name, "selection_train", size, encoder, decoder_tokens=decoder)
+
     def cached(self, scorer: Any) -> CachedScores:
         """The scorer's scores of the pool through the score cache, with their forward tokens (the same
         whether or not the cache served them)."""
@@ -157,6 +175,7 @@ class AskLLM(ModelScoredSampler):
         self.standin = merge_options(
             "standin", {**ASK_STANDIN_DEFAULTS, **self.preset.get("standin", {})}, standin
         )
+        self.standin_texts: list[str] = []  # what the stand-in judge trained on (set when it is built)
 
     def model_path(self) -> tuple[str, dict[str, Any] | None]:
         if self.source == "hub":
@@ -167,8 +186,9 @@ class AskLLM(ModelScoredSampler):
                 "method.standin.reference is empty: expected datasets of curated text for the Ask-LLM stand-in"
             )
         settings = self.standin_settings("an Ask-LLM")
+        self.standin_texts = reference_texts(cfg["reference"], exclude=set(self.texts()))
         path = standins.ask_llm_judge(
-            reference_texts(cfg["reference"], exclude=set(self.texts())),
+            self.standin_texts,
             str(cfg["size"]),
             self.template,
             self.cache_dir,
@@ -197,11 +217,15 @@ class AskLLM(ModelScoredSampler):
         )
         cached = self.cached(scorer)
         p_yes = cached.scores
+        model = path if self.source == "hub" else f"standin:{self.standin['size']}"
+        self.record_compute(
+            f"ask_llm:{model}", scorer, cached, record, texts=self.standin_texts, template=self.template
+        )
         info = {
             "scorer": {
                 "kind": "ask_llm",
                 "source": self.source,
-                "model": path if self.source == "hub" else f"standin:{self.standin['size']}",
+                "model": model,
                 "normalisation": self.normalisation,
                 "fingerprint": scorer.fingerprint,
                 "scores_from_cache": cached.from_cache,
@@ -308,6 +332,7 @@ class PerplexityFilter(ModelScoredSampler):
         # a text with no token to predict has no perplexity: rank it last
         cached = self.cached(scorer)
         perplexity = np.nan_to_num(cached.scores, nan=np.inf)
+        self.record_compute(self.compute_name(path, record), scorer, cached, record, texts=self.texts())
         info = {
             "scorer": {
                 "kind": "perplexity",
@@ -324,6 +349,17 @@ class PerplexityFilter(ModelScoredSampler):
         return PoolScores(
             values=-np.asarray(perplexity, dtype=np.float64), forward_tokens=cached.forward_tokens, info=info
         )
+
+    def compute_name(self, path: str, record: dict[str, Any] | None) -> str:
+        """The proxy's name in the compute breakdown: the hub model (and revision) or the stand-in (and the
+        step of an intermediate checkpoint)."""
+        if self.source == "hub":
+            revision = self.hub["revision"]
+            return f"perplexity:{path}" + ("" if revision is None else f"@{revision}")
+        name = f"perplexity:standin:{self.standin['size']}"
+        if self.standin["checkpoint"] is not None and record is not None:
+            name += f"@step{record['step']}"
+        return name
 
     def choose(self, scores: PoolScores, ctx: SelectionContext) -> tuple[np.ndarray, dict[str, Any]]:
         k, values = self.budget_size, scores.values

@@ -96,6 +96,23 @@ class GenerationCollator:
         }
 
 
+class GenerationTestCollator:
+    """A test batch of a generation task: the left-padded prompts of :class:`GenerationCollator` for greedy
+    generation, and under ``teacher_``-prefixed keys (``teacher_input_ids``, ``teacher_attention_mask``,
+    ``teacher_labels``) the right-padded prompt + target of :class:`TrainCollator`, encoded and truncated as
+    in training, for the teacher-forced continuous metrics (``p3bench.eval.likelihood``)."""
+
+    def __init__(self, pad_token_id: int, max_length: int) -> None:
+        self.generation = GenerationCollator(pad_token_id, max_length)
+        self.teacher_forced = TrainCollator(pad_token_id, max_length)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.generation(items)
+        forced = self.teacher_forced([{"weight": 1.0, **item} for item in items])
+        batch.update({f"teacher_{key}": forced[key] for key in ("input_ids", "attention_mask", "labels")})
+        return batch
+
+
 class ExampleRefs:
     """The :class:`Example` objects of a batch, held opaquely so device transfer leaves them alone."""
 

@@ -1,5 +1,6 @@
 """The LightningModule every method trains: per-example target losses, weighted as the method says, and
-on the test split greedy generation for answer checking (qa, code) or held-out perplexity (lm)."""
+on the test split greedy generation for answer checking (qa, code) with teacher-forced continuous metrics,
+or held-out perplexity (lm)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,22 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from p3bench.data.example import TASK_KINDS
 from p3bench.errors import ConfigError
 from p3bench.eval.answers import check_all
+from p3bench.eval.likelihood import continuous_fields, target_layouts
 from p3bench.execution.metrics import pass_at_k
+from p3bench.models.collate import IGNORE_INDEX
 from p3bench.models.losses import per_example_nll, target_token_counts
+from p3bench.stats.intervals import mean_and_se, wilson_interval
+
+#: the most logits (batch rows x positions x vocabulary) one teacher-forced test forward holds at once
+TEACHER_FORCED_LOGITS_BUDGET = 2**27
+#: the most rows one teacher-forced test forward runs at once (rows of similar length together)
+TEACHER_FORCED_CHUNK_ROWS = 64
 
 
 class SelectionLM(pl.LightningModule):
@@ -26,7 +36,8 @@ class SelectionLM(pl.LightningModule):
     Each training step computes one loss per example (mean NLL over its target tokens) and combines them
     with coefficients from the datamodule's ``reweight`` hook (by default the selection weights divided by
     the batch size, i.e. a weighted mean); the coefficients are computed from detached losses. Testing
-    generates greedily from each prompt and checks the answer with ``evaluator``; for the ``lm`` task
+    generates greedily from each prompt and checks the answer with ``evaluator``, and in the same pass scores
+    the reference solution and its answer by teacher forcing (``p3bench.eval.likelihood``); for the ``lm`` task
     (pre-training text, arXiv 2402.09668) it scores each test document by teacher forcing instead and
     reports held-out perplexity (:func:`perplexity_metrics`), and validation also logs ``val/perplexity``.
     """
@@ -225,9 +236,11 @@ class SelectionLM(pl.LightningModule):
         if self.test_samples > 0:
             seed = self.seed * 1_000_003 + int(batch["index"][0])
             samples = self.sample(batch["input_ids"], batch["attention_mask"], self.test_samples, seed)
+        continuous = self.continuous_test_fields(batch)
         n = self.test_samples
         for row, (text, example) in enumerate(zip(texts, batch["examples"], strict=True)):
             record = {"id": example.id, "level": example.meta.get("level"), **self.check(text, example)}
+            record.update(continuous[row])
             if n:
                 pairs = [(t, example) for t in samples[row * n : (row + 1) * n]]
                 correct = sum(check_all(self.evaluator, pairs))
@@ -235,6 +248,41 @@ class SelectionLM(pl.LightningModule):
                 record.update({f"pass@{k}": pass_at_k(n, correct, k) for k in self.pass_at})
             record.update(generated=text, answer=example.answer)
             self.test_records.append(record)
+
+    @torch.no_grad()
+    def continuous_test_fields(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The teacher-forced continuous metrics of each example of a test batch (``solution_nll``,
+        ``solution_bpb``, ``answer_nll``, ``answer_prob``, ``answer_bpb``, ``answer_located``; see
+        :mod:`p3bench.eval.likelihood`), from the batch's ``teacher_*`` inputs (prompt + target, right-padded,
+        as in training). The rows are run sorted by length in chunks of at most
+        :data:`TEACHER_FORCED_CHUNK_ROWS`, each cut to its longest row (less padding to compute; right padding
+        never changes the logits of the tokens before it) and kept within
+        :data:`TEACHER_FORCED_LOGITS_BUDGET` logits."""
+        input_ids, attention_mask, labels = (
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_labels"],
+        )
+        lengths = attention_mask.sum(dim=1)
+        order = torch.argsort(lengths).tolist()
+        row_lengths = lengths.tolist()
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+        rows = min(
+            TEACHER_FORCED_CHUNK_ROWS,
+            max(1, TEACHER_FORCED_LOGITS_BUDGET // max(1, input_ids.size(1) * vocab)),
+        )
+        target_nll: list[list[float]] = [[] for _ in order]
+        for start in range(0, len(order), rows):
+            chunk = order[start : start + rows]
+            width = max(row_lengths[i] for i in chunk)
+            index = torch.tensor(chunk, device=input_ids.device)
+            logits = self.model(
+                input_ids=input_ids[index, :width], attention_mask=attention_mask[index, :width]
+            ).logits
+            for row, values in zip(chunk, target_token_nll(logits, labels[index, :width]), strict=True):
+                target_nll[row] = values
+        layouts = target_layouts(self.tokenizer, list(batch["examples"]))
+        return [continuous_fields(nll, layout) for nll, layout in zip(target_nll, layouts, strict=True)]
 
     @torch.no_grad()
     def lm_test_step(self, batch: Mapping[str, Any]) -> None:
@@ -259,7 +307,10 @@ class SelectionLM(pl.LightningModule):
             unique = {r["id"]: r for part in gathered for r in part}
             records = sorted(unique.values(), key=lambda r: r["id"])
             self.test_records = records
-        metrics = perplexity_metrics(records) if self.task == "lm" else accuracy_by_level(records)
+        if self.task == "lm":
+            metrics = perplexity_metrics(records)
+        else:
+            metrics = {**accuracy_by_level(records), **metric_uncertainty(records)}
         for name, value in metrics.items():
             self.log(f"test/{name}", value, rank_zero_only=True)
 
@@ -311,27 +362,79 @@ class SelectionLM(pl.LightningModule):
         self.train_examples = int(counters.get("train_examples", 0))
 
 
+def target_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> list[list[float]]:
+    """The NLL (nats) of each target token of each row, in order: position ``t`` of ``logits`` predicts token
+    ``t + 1``; ``labels`` holds the target token ids and ``IGNORE_INDEX`` elsewhere (as for
+    :func:`p3bench.models.losses.per_example_nll`, whose per-row mean this is)."""
+    shift_labels = labels[:, 1:]
+    token_nll = F.cross_entropy(
+        logits[:, :-1, :].float().reshape(-1, logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shift_labels)
+    token_nll, mask = token_nll.double().cpu(), (shift_labels != IGNORE_INDEX).cpu()
+    return [row[keep].tolist() for row, keep in zip(token_nll, mask, strict=True)]
+
+
 NOT_METRICS = ("id", "level", "correct", "generated", "answer", "samples_correct")
+#: means over test examples that get no standard error: accuracy has its Wilson interval instead, and
+#: ``answer_located`` is the share of answers found in their reference solutions (data, not model quality)
+NO_STANDARD_ERROR = ("accuracy", "answer_located")
+
+
+def per_example_values(records: list[dict[str, Any]]) -> dict[str, list[tuple[Any, float]]]:
+    """For ``accuracy`` (from ``correct``) and every other numeric field of the records, the (level, value)
+    of each record that has it: the per-example values the test metrics are means of."""
+    fields = ["accuracy"] + sorted(
+        {k for r in records for k, v in r.items() if k not in NOT_METRICS and isinstance(v, (int, float))}
+    )
+    values = {}
+    for name in fields:
+        key = "correct" if name == "accuracy" else name
+        values[name] = [
+            (r.get("level"), float(r[key])) for r in records if isinstance(r.get(key), (bool, int, float))
+        ]
+    return values
 
 
 def accuracy_by_level(records: list[dict[str, Any]]) -> dict[str, float]:
     """Overall accuracy, per-level accuracy (``accuracy_level_K``) and the count of checked examples, and
-    the same for every other numeric field the records carry (``test_case_average``, ``pass@k``)."""
+    the same for every other numeric field the records carry (``test_case_average``, ``pass@k``, the
+    continuous metrics ``solution_nll`` ... ``answer_bpb``, and ``answer_located``, the share of answers
+    found), each over the records that carry it."""
     if not records:
         return {}
-    fields = ["accuracy"] + sorted(
-        {k for r in records for k, v in r.items() if k not in NOT_METRICS and isinstance(v, (int, float))}
-    )
     metrics = {"n_examples": float(len(records))}
-    for name in fields:
-        key = "correct" if name == "accuracy" else name
-        rows = [r for r in records if isinstance(r.get(key), (bool, int, float))]
+    for name, pairs in per_example_values(records).items():
+        if not pairs:
+            continue
         by_level: dict[Any, list[float]] = defaultdict(list)
-        for r in rows:
-            by_level[r.get("level")].append(float(r[key]))
-        metrics[name] = sum(float(r[key]) for r in rows) / len(rows)
+        for level, value in pairs:
+            by_level[level].append(value)
+        metrics[name] = math.fsum(v for _, v in pairs) / len(pairs)
         for level in sorted(k for k in by_level if k is not None):
-            metrics[f"{name}_level_{level}"] = sum(by_level[level]) / len(by_level[level])
+            metrics[f"{name}_level_{level}"] = math.fsum(by_level[level]) / len(by_level[level])
+    return metrics
+
+
+def metric_uncertainty(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The uncertainty of the run's overall test metrics over its test examples: ``accuracy_ci_low`` and
+    ``accuracy_ci_high`` (the Wilson 95% interval of the share solved), and ``<name>_se`` (the standard error
+    of the mean over the examples that carry it) for every other mean :func:`accuracy_by_level` reports,
+    except those in :data:`NO_STANDARD_ERROR`. Per-level means get none; a mean over fewer than two
+    examples gets no standard error."""
+    metrics: dict[str, float] = {}
+    for name, pairs in per_example_values(records).items():
+        values = [v for _, v in pairs]
+        if name == "accuracy" and values:
+            metrics["accuracy_ci_low"], metrics["accuracy_ci_high"] = wilson_interval(
+                int(round(math.fsum(values))), len(values)
+            )
+        elif name not in NO_STANDARD_ERROR:
+            _, se = mean_and_se(values)
+            if math.isfinite(se):
+                metrics[f"{name}_se"] = se
     return metrics
 
 

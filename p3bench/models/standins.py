@@ -20,13 +20,15 @@ fingerprint into the run's diagnostics):
   and about a well-formedness filter, not about the paper's claim.
 
 Each stand-in is an ordinary Hugging Face directory (model, tokenizer, and ``standin.json`` describing how it
-was made), so the scorers load it through the same code path as a hub model. Directories are cached under
+was made, with the tokens it trained on, from which a run counts its training FLOPs: :mod:`p3bench.compute`),
+so the scorers load it through the same code path as a hub model. Directories are cached under
 ``cache_dir/standins`` keyed by everything the weights depend on, built once under a file lock (parallel
 sweep jobs wait for the first one) and moved into place atomically.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -185,12 +187,8 @@ def _train_causal_proxy(
     progress: bool,
 ) -> None:
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     tokenizer = train_local_tokenizer(list(texts), settings.vocab_size)
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    sequences = [
-        ([tokenizer.bos_token_id] + row + [tokenizer.eos_token_id])[: settings.max_length] for row in ids
-    ]
+    sequences = _proxy_sequences(tokenizer, texts, settings)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         num_key_value_heads=architecture["num_attention_heads"],
@@ -205,13 +203,17 @@ def _train_causal_proxy(
     optimizer, scheduler = _optimizer(model, settings)
     model.train()
     losses: list[float] = []
-    for step in _steps(settings.steps, progress, f"training proxy ({size})"):
-        rows = [sequences[i] for i in rng.integers(0, len(sequences), settings.batch_size)]
-        input_ids, attention = _right_padded(rows, tokenizer.pad_token_id)
+    tokens = 0
+    batches = _proxy_batches(len(sequences), settings)
+    for step, batch in zip(
+        _steps(settings.steps, progress, f"training proxy ({size})"), batches, strict=True
+    ):
+        input_ids, attention = _right_padded([sequences[i] for i in batch], tokenizer.pad_token_id)
         labels = input_ids.masked_fill(attention == 0, -100)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         _update(loss, model, optimizer, scheduler)
         losses.append(loss.item())
+        tokens += int(attention.sum())
         if step in save_at:
             record = {
                 "standin": True,
@@ -223,6 +225,8 @@ def _train_causal_proxy(
                 "total_steps": settings.steps,
                 "settings": vars(settings),
                 "n_train_texts": len(texts),
+                # the non-padding tokens trained on up to this step (what its compute is counted from)
+                "train_tokens": tokens,
                 "train_loss_last_20": float(np.mean(losses[-20:])),
                 "version": STANDIN_VERSION,
             }
@@ -337,17 +341,11 @@ def _train_judge(
     progress: bool,
 ) -> None:
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     prompts, answers = judge_examples(texts, template, max_text_words, settings.seed)
-    # held out by text: a text and its degraded copy are on the same side
-    texts_order = rng.permutation(len(texts))
-    n_heldout = max(1, len(texts) // 10)
-    heldout = np.concatenate([[2 * i, 2 * i + 1] for i in texts_order[:n_heldout]])
-    train = np.concatenate([[2 * i, 2 * i + 1] for i in texts_order[n_heldout:]])
+    heldout, batches = _judge_batches(len(texts), settings)
     tokenizer = train_local_tokenizer(prompts, settings.vocab_size)
     tokenizer.add_tokens([AddedToken(word, single_word=True) for word in ("yes", "no")])
-    # the words cap keeps prompts short; they are never cut, so the question is always seen whole
-    encoded = [row + [tokenizer.eos_token_id] for row in tokenizer(prompts)["input_ids"]]
+    encoded = _judge_inputs(tokenizer, prompts)
     answer_ids = {word: tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no")}
     config = T5Config(
         vocab_size=len(tokenizer),
@@ -363,12 +361,15 @@ def _train_judge(
     model = T5ForConditionalGeneration(config)
     optimizer, scheduler = _optimizer(model, settings)
     model.train()
-    for _ in _steps(settings.steps, progress, f"training Ask-LLM stand-in ({size})"):
-        batch = [int(i) for i in rng.choice(train, settings.batch_size)]
+    encoder_tokens = decoder_tokens = 0
+    steps = _steps(settings.steps, progress, f"training Ask-LLM stand-in ({size})")
+    for _, batch in zip(steps, batches, strict=True):
         input_ids, attention = _right_padded([encoded[i] for i in batch], tokenizer.pad_token_id)
         labels = torch.tensor([[answer_ids[answers[i]], tokenizer.eos_token_id] for i in batch])
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         _update(loss, model, optimizer, scheduler)
+        encoder_tokens += int(attention.sum())
+        decoder_tokens += labels.numel()  # the decoder reads the start token and the answer
     model.eval()
     correct = 0
     with torch.inference_mode():
@@ -392,11 +393,85 @@ def _train_judge(
         "settings": vars(settings),
         "n_reference_texts": len(texts),
         "max_text_words": max_text_words,
+        # the tokens trained on, encoder and decoder (what its compute is counted from)
+        "train_encoder_tokens": encoder_tokens,
+        "train_decoder_tokens": decoder_tokens,
         "heldout_accuracy": correct / len(heldout),
         "n_heldout": len(heldout),
         "version": STANDIN_VERSION,
     }
     _save(model, tokenizer, record, path)
+
+
+# -- what a stand-in trained on ------------------------------------------------------------------------------------
+
+
+def _proxy_sequences(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], settings: TrainingSettings
+) -> list[list[int]]:
+    """The proxy's training sequences: BOS, the text's tokens, EOS, cut at ``settings.max_length``."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [([tokenizer.bos_token_id] + row + [tokenizer.eos_token_id])[: settings.max_length] for row in ids]
+
+
+def _proxy_batches(n: int, settings: TrainingSettings) -> Iterator[np.ndarray]:
+    """The positions of each training step's batch among ``n`` sequences (drawn with replacement)."""
+    rng = np.random.default_rng(settings.seed)
+    for _ in range(settings.steps):
+        yield rng.integers(0, n, settings.batch_size)
+
+
+def _judge_inputs(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -> list[list[int]]:
+    """The judge's encoder inputs: each prompt encoded, EOS appended. The words cap keeps prompts short;
+    they are never cut, so the question is always seen whole."""
+    return [row + [tokenizer.eos_token_id] for row in tokenizer(list(prompts))["input_ids"]]
+
+
+def _judge_batches(n_texts: int, settings: TrainingSettings) -> tuple[np.ndarray, Iterator[list[int]]]:
+    """The held-out examples (by text: a text and its degraded copy, ``2i`` and ``2i + 1``, are on the
+    same side) and the examples of each training step's batch (drawn with replacement from the rest)."""
+    rng = np.random.default_rng(settings.seed)
+    texts_order = rng.permutation(n_texts)
+    n_heldout = max(1, n_texts // 10)
+    heldout = np.concatenate([[2 * i, 2 * i + 1] for i in texts_order[:n_heldout]])
+    train = np.concatenate([[2 * i, 2 * i + 1] for i in texts_order[n_heldout:]])
+
+    def batches() -> Iterator[list[int]]:
+        for _ in range(settings.steps):
+            yield [int(i) for i in rng.choice(train, settings.batch_size)]
+
+    return heldout, batches()
+
+
+def training_tokens(
+    record: dict[str, Any],
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    template: str | None = None,
+) -> tuple[int, int]:
+    """The (encoder or only, decoder) tokens the stand-in ``record`` describes was trained on (``(n, 0)``
+    for a perplexity proxy, up to its checkpoint's step). From the record; for a record written before
+    stand-ins recorded them, by replaying its training's batches with its own ``tokenizer`` over the
+    ``texts`` it was trained on (the pool for a proxy, the reference texts and ``template`` for a judge),
+    without a model."""
+    if "train_tokens" in record:
+        return int(record["train_tokens"]), 0
+    if "train_encoder_tokens" in record:
+        return int(record["train_encoder_tokens"]), int(record["train_decoder_tokens"])
+    settings = TrainingSettings(**record["settings"])
+    if record.get("architecture") == "llama":
+        lengths = [len(s) for s in _proxy_sequences(tokenizer, texts, settings)]
+        steps = int(record.get("step", settings.steps))
+        batches = itertools.islice(_proxy_batches(len(lengths), settings), steps)
+        return sum(lengths[i] for batch in batches for i in batch), 0
+    if template is None:
+        raise ValueError("replaying an Ask-LLM stand-in's training needs its template")
+    usable = [t for t in texts if t.split()]
+    prompts, _ = judge_examples(usable, template, int(record["max_text_words"]), settings.seed)
+    lengths = [len(row) for row in _judge_inputs(tokenizer, prompts)]
+    _, batches = _judge_batches(len(usable), settings)
+    chosen = [i for batch in batches for i in batch]
+    return sum(lengths[i] for i in chosen), 2 * len(chosen)
 
 
 # -- shared training pieces --------------------------------------------------------------------------------------

@@ -100,6 +100,8 @@ class Section:
     regime: str = "?"
     #: finished runs of the section that do not have its metric (counted out of its cells)
     lacking_metric: list[RunRecord] = field(default_factory=list)
+    #: the metric reported beside the headline (accuracy beside a continuous one, and the reverse)
+    second: tuple[str, bool] | None = None
 
     @property
     def title(self) -> str:
@@ -153,18 +155,68 @@ def budget_sort_key(label: str) -> tuple[int, float, str]:
         return (1, 0.0, label)
 
 
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "nll", "error", "seconds", "tokens")
-HIGHER_IS_BETTER = ("accuracy", "pass@", "test_case_average", "exact_match", "f1")
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "nll", "bpb", "error", "seconds", "tokens", "flops")
+HIGHER_IS_BETTER = ("accuracy", "pass@", "test_case_average", "exact_match", "f1", "prob")
 
 
 def metric_direction(name: str) -> bool | None:
     """Whether higher is better for a metric named ``name`` (losses, perplexities, errors, time and tokens
     are lower-is-better; accuracies and pass@k higher-is-better); None when the name does not say."""
     lowered = name.lower()
+    if lowered.endswith("_se") or "_ci_low" in lowered or "_ci_high" in lowered:
+        return None  # an uncertainty, not a quality
     if any(word in lowered for word in LOWER_IS_BETTER):
         return False
     if any(word in lowered for word in HIGHER_IS_BETTER):
         return True
+    return None
+
+
+#: the mean test accuracy (over a section's runs) from which accuracy heads the section's table: below it the
+#: continuous metric does (DataDecide, arXiv 2504.11393: near the floor, accuracy ranks data choices far less
+#: reliably than the likelihood of the correct answer)
+ACCURACY_HEADLINE_FROM = 0.2
+#: the continuous metrics that head a table near the accuracy floor, in order of preference: bits per byte of
+#: the final answer (tasks with a checkable answer), else of the whole reference solution
+CONTINUOUS_HEADLINES = ("test/answer_bpb", "test/solution_bpb")
+
+
+def _share_with(runs: list[RunRecord], name: str) -> float:
+    return sum(as_number((r.results or {}).get("metrics", {}).get(name)) is not None for r in runs) / max(
+        1, len(runs)
+    )
+
+
+def headline_metric(runs: list[RunRecord]) -> tuple[str, bool]:
+    """The metric that heads a section's table when none is asked for, and whether higher is better.
+
+    Held-out perplexity for language modelling; for tasks with a checkable answer, test accuracy when the
+    section's mean accuracy is at least :data:`ACCURACY_HEADLINE_FROM` (far from the floor), else the first
+    continuous metric of :data:`CONTINUOUS_HEADLINES` most runs have; the per-run default
+    (:func:`p3bench.results.quality_metric`) otherwise. The other of the two is the section's second metric
+    (:func:`second_metric`), reported beside it."""
+    name, higher = Counter(quality_metric(r.results or {}) for r in runs).most_common(1)[0][0]
+    if name != "test/accuracy":
+        return name, higher
+    accuracies = [as_number((r.results or {}).get("metrics", {}).get(name)) for r in runs]
+    accuracies = [a for a in accuracies if a is not None]
+    if accuracies and statistics.fmean(accuracies) >= ACCURACY_HEADLINE_FROM:
+        return name, higher
+    for continuous in CONTINUOUS_HEADLINES:
+        if _share_with(runs, continuous) > 0.5:
+            return continuous, False
+    return name, higher
+
+
+def second_metric(runs: list[RunRecord], headline: str) -> tuple[str, bool] | None:
+    """The metric shown beside the headline: accuracy beside a continuous headline and the reverse (the
+    first continuous metric most runs have); None when there is no such pair."""
+    if headline in CONTINUOUS_HEADLINES:
+        return ("test/accuracy", True) if _share_with(runs, "test/accuracy") > 0.5 else None
+    if headline == "test/accuracy":
+        for continuous in CONTINUOUS_HEADLINES:
+            if _share_with(runs, continuous) > 0.5:
+                return continuous, False
     return None
 
 
@@ -198,7 +250,7 @@ def group_runs(
                 groups[key] = Group(experiment, dataset, label, run.budget_label)
             groups[key].runs.append(run)
         if metric is None:
-            name, higher = Counter(quality_metric(r.results or {}) for r in runs).most_common(1)[0][0]
+            name, higher = headline_metric(runs)
         else:
             name = metric
             higher = metric_direction(metric) if higher_is_better is None else higher_is_better
@@ -209,5 +261,7 @@ def group_runs(
                 )
         lacking = [r for r in runs if as_number((r.results or {}).get("metrics", {}).get(name)) is None]
         ordered = sorted(groups.values(), key=lambda g: (g.method, budget_sort_key(g.budget)))
-        sections.append(Section(experiment, dataset, name, higher, ordered, model, regime, lacking))
+        section = Section(experiment, dataset, name, higher, ordered, model, regime, lacking)
+        section.second = second_metric(runs, name) if metric is None else None
+        sections.append(section)
     return sections

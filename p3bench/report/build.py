@@ -11,14 +11,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p3bench.report import diagnostics, round_diagnostics
+from p3bench.report import comparison_tables, diagnostics, round_diagnostics
 from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
+from p3bench.report.comparisons import DEFAULT_REFERENCES, SectionComparisons, base_method, compare_section
 from p3bench.report.runs import NOT_EXPANDED, NOT_STARTED, RUN_ELSEWHERE, RunRecord, load_runs
 from p3bench.utils.io import atomic_write_text
 
 CSV_NAME = "runs.csv"
+COMPARISONS_NAME = "comparisons.csv"
 SUMMARY_NAME = "summary.md"
-IDENTITY_COLUMNS = ["run_dir", "status", "problem", "experiment", "dataset", "method", "budget", "seed"]
+IDENTITY_COLUMNS = [
+    "run_dir",
+    "status",
+    "problem",
+    "experiment",
+    "dataset",
+    "method",
+    "control",
+    "budget",
+    "seed",
+]
 
 
 @dataclass
@@ -31,6 +43,8 @@ class Report:
     markdown: str
     out_dir: Path
     files: dict[str, list[Path]] = field(default_factory=dict)
+    #: per section (by slug): the paired comparisons on its headline metric, then on its second metric
+    comparisons: dict[str, list[SectionComparisons]] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[RunRecord]:
@@ -54,22 +68,64 @@ def build_report(
     metric: str | None = None,
     make_plots: bool = True,
     higher_is_better: bool | None = None,
+    references: tuple[str, ...] | None = None,
+    holm: bool = False,
 ) -> Report:
     """Read every run under ``paths``, aggregate over seeds and write the report into ``out_dir``.
     ``metric`` (a key of results.json's metrics) replaces the headline quality; its direction is read from
-    its name unless ``higher_is_better`` is given (ValueError when neither says)."""
+    its name unless ``higher_is_better`` is given (ValueError when neither says). Every method is compared
+    with each of ``references`` (paired by seed, :mod:`p3bench.report.comparisons`); ``holm`` reads the
+    verdicts from Holm-corrected p-values."""
     records = load_runs(paths)
     sections = group_runs(records, metric, higher_is_better)
+    if references is None:
+        references = DEFAULT_REFERENCES
+    else:
+        check_references(references, sections)
     out = Path(out_dir)
+    comparisons = {s.slug: section_comparisons(s, references, holm) for s in sections}
     files: dict[str, list[Path]] = {
         CSV_NAME: [atomic_write_text(out / CSV_NAME, runs_csv(records))],
     }
+    rows = [
+        row
+        for s in sections
+        for c in comparisons[s.slug]
+        for row in comparison_tables.comparison_rows(s.title, c)
+    ]
+    files[COMPARISONS_NAME] = [
+        atomic_write_text(out / COMPARISONS_NAME, comparison_tables.comparisons_csv(rows))
+    ]
     if make_plots:
         for section in sections:
-            files.update(section_figures(section, out / "figures" / section.slug))
-    markdown = summary_markdown(records, sections, paths, files, out)
+            files.update(section_figures(section, out / "figures" / section.slug, comparisons[section.slug]))
+    markdown = summary_markdown(records, sections, paths, files, out, comparisons, holm)
     files[SUMMARY_NAME] = [atomic_write_text(out / SUMMARY_NAME, markdown)]
-    return Report(records, sections, markdown, out, files)
+    return Report(records, sections, markdown, out, files, comparisons)
+
+
+def check_references(references: tuple[str, ...], sections: list[Section]) -> None:
+    """A ValueError (one line) for a reference method that no finished run of the report has."""
+    if isinstance(references, str) or not references:
+        raise ValueError(f"references={references!r}: expected one or more method names")
+    methods = sorted({base_method(g.method) for s in sections for g in s.groups})
+    for name in references:
+        if name not in methods:
+            raise ValueError(
+                f"--reference {name!r}: no finished run of that method in the given directories (methods: "
+                f"{', '.join(methods) or 'none'})"
+            )
+
+
+def section_comparisons(
+    section: Section, references: tuple[str, ...], holm: bool
+) -> list[SectionComparisons]:
+    """The section's comparisons on its headline metric and, when it has one, on its second metric."""
+    found = [compare_section(section, references=references, holm=holm)]
+    if section.second is not None:
+        name, higher = section.second
+        found.append(compare_section(section, name, higher, references=references, holm=holm))
+    return found
 
 
 # --- the CSV of all runs -------------------------------------------------------------------------------------
@@ -81,6 +137,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
         "experiment": record.experiment,
         "dataset": record.dataset,
         "method": record.method,
+        "control": comparison_tables.is_control(record.method),
         "budget": record.budget,
         "seed": record.seed,
     }
@@ -128,7 +185,18 @@ def metric_title(name: str, higher: bool) -> str:
     return f"{name} ({'higher' if higher else 'lower'} is better)"
 
 
-def quality_table(section: Section) -> list[str]:
+def quality_table(section: Section, metric: str | None = None, higher: bool | None = None) -> list[str]:
+    """Methods x budgets: mean ± sd over seeds of ``metric`` (the section's headline by default), the best
+    mean of each column in bold."""
+    metric = metric or section.metric
+    if metric != section.metric:
+        section = Section(
+            section.experiment,
+            section.dataset,
+            metric,
+            section.higher_is_better if higher is None else higher,
+            section.groups,
+        )
     budgets = section.budgets
     header = (
         "| method | " + " | ".join(f"budget {b}" if b != WHOLE_POOL else "whole pool" for b in budgets) + " |"
@@ -142,8 +210,11 @@ def quality_table(section: Section) -> list[str]:
             group = section.group(method, budget)
             text = "" if group is None else group.metric(section.metric).format(digits)
             cells.append(f"**{text}**" if method in best[budget] else text)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_cell(method)} | " + " | ".join(cells) + " |")
     return lines
+
+
+method_cell = comparison_tables.method_cell
 
 
 def mean_of(group: Group, key: str) -> float:
@@ -164,20 +235,24 @@ def details_table(section: Section) -> list[str]:
         "data fraction",
         "train tokens",
         "selection tokens",
-        "total compute",
+        "train FLOPs",
+        "selection FLOPs",
+        "total FLOPs",
     ]
     header += ["time (s)"] + [f"trained on {d} (%)" for d in defects]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for group in section.groups:
         shares = diagnostics.defect_shares(group)
         cells = [
-            group.method,
+            method_cell(group.method),
             group.budget,
             ", ".join(str(s) for s in group.seeds),
             fixed(mean_of(group, "data_fraction"), 3),
             tokens(mean_of(group, "train_tokens")),
             tokens(mean_of(group, "selection_forward_tokens")),
-            tokens(mean_of(group, "total_compute_tokens")),
+            flops(mean_of(group, "train_flops")),
+            flops(mean_of(group, "selection_flops")),
+            flops(mean_of(group, "total_compute_flops")),
             fixed(mean_of(group, "seconds_total"), 0),
         ] + [f"{100 * shares[d]:.1f}" if d in shares else "-" for d in defects]
         lines.append("| " + " | ".join(cells) + " |")
@@ -191,6 +266,20 @@ def tokens(value: float) -> str:
         if value >= size:
             return f"{value / size:.2f}{suffix}"
     return f"{value:.0f}"
+
+
+def flops(value: float) -> str:
+    """A FLOP count in a table cell (``1.23e+15``); ``-`` for runs written before FLOPs were recorded."""
+    return "-" if math.isnan(value) else f"{value:.3g}"
+
+
+def compute_measure(section: Section) -> tuple[str, str]:
+    """The summary key and unit the quality-vs-compute figure draws: total FLOPs when any run of the section
+    recorded them (runs without are left out of the figure), else total tokens (every run written before
+    FLOPs were recorded), which the figure's axis then names."""
+    if any(r.summary.get("total_compute_flops") is not None for g in section.groups for r in g.runs):
+        return "total_compute_flops", "flops"
+    return "total_compute_tokens", "tokens"
 
 
 def problems_table(records: list[RunRecord]) -> list[str]:
@@ -229,6 +318,8 @@ def summary_markdown(
     paths: list[str | Path],
     files: dict[str, list[Path]],
     out: Path,
+    comparisons: dict[str, list[SectionComparisons]] | None = None,
+    holm: bool = False,
 ) -> str:
     counts: dict[str, int] = {}
     for r in records:
@@ -242,7 +333,9 @@ def summary_markdown(
         f"{plural(len(records) - directories, 'sweep entry', 'sweep entries')} without one "
         f"({status or 'none'}) from {', '.join(str(p) for p in paths)}.",
         "Cells: mean ± sample standard deviation over seeds (n = seeds; repeats of a seed are averaged); "
-        "the best mean of each column is in bold.",
+        "the best mean of each column is in bold. Differences are paired by seed (method minus reference); a "
+        "verdict is read from the 95% t interval over seeds, the bootstrap interval resamples seeds and test "
+        "examples together.",
     ]
     for section in sections:
         lines += ["", f"## {section.title}: {metric_title(section.metric, section.higher_is_better)}", ""]
@@ -253,10 +346,12 @@ def summary_markdown(
                 f"Finished runs without {section.metric} (not in the table): "
                 + ", ".join(str(r.path) for r in section.lacking_metric),
             ]
+        lines += comparison_sections(section, (comparisons or {}).get(section.slug, []), holm)
         lines += [
             "",
             "Data fraction (distinct examples trained on over all rounds / pool), compute (tokens: training, "
-            "selection forward passes, their total), time, and the share of training on planted defects:",
+            "selection forward passes; FLOPs: training, the selection's models, their total, "
+            "docs/results.md), time, and the share of training on planted defects:",
             "",
         ]
         lines += details_table(section)
@@ -274,6 +369,37 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def comparison_sections(section: Section, found: list[SectionComparisons], holm: bool) -> list[str]:
+    """The paired differences, the rankings and the controls of the headline metric, then the second
+    metric's table and differences."""
+    lines: list[str] = []
+    for position, comparisons in enumerate(found):
+        if position > 0:
+            lines += [
+                "",
+                f"### Also: {metric_title(comparisons.metric, comparisons.higher_is_better)}",
+                "",
+                *quality_table(section, comparisons.metric, comparisons.higher_is_better),
+            ]
+        table = comparison_tables.comparison_table(comparisons)
+        if table:
+            lines += [
+                "",
+                f"Paired differences on {comparisons.metric} against "
+                f"{' and '.join(comparison_tables.references_used(comparisons))}:",
+                "",
+                *table,
+            ]
+            note = comparison_tables.multiplicity_note(comparisons, holm)
+            lines += ["", *note] if note else []
+        if position == 0:
+            ranks = comparison_tables.ranking_table(comparisons)
+            if ranks:
+                lines += ["", "Ranking under the bootstrap over seeds:", "", *ranks]
+        lines += ["", *comparison_tables.controls_lines(comparisons, section.dataset)]
+    return lines
+
+
 def plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
@@ -288,7 +414,9 @@ def repeated_settings(records: list[RunRecord]) -> list[list[RunRecord]]:
 
 
 # --- figures -------------------------------------------------------------------------------------------------
-def section_figures(section: Section, folder: Path) -> dict[str, list[Path]]:
+def section_figures(
+    section: Section, folder: Path, comparisons: list[SectionComparisons] | None = None
+) -> dict[str, list[Path]]:
     """Every figure of one section, keyed ``<section slug>/<figure>``."""
     from p3bench.report import plots  # matplotlib only when plotting
 
@@ -301,10 +429,11 @@ def section_figures(section: Section, folder: Path) -> dict[str, list[Path]]:
     label = metric_label(section.metric)
     styles = plots.method_styles(section.methods)  # one colour and marker per method in every figure
     points = []
+    compute_key, compute_unit = compute_measure(section)
     for g in section.groups:
         quality = g.metric(section.metric)
         fraction = mean_of(g, "data_fraction")
-        compute = g.stat(lambda r: r.summary.get("total_compute_tokens"))
+        compute = g.stat(lambda r: r.summary.get(compute_key))
         points.append((g, quality, fraction, compute))
     add(
         "quality_vs_fraction",
@@ -342,8 +471,12 @@ def section_figures(section: Section, folder: Path) -> dict[str, list[Path]]:
             stem=folder / "quality_vs_compute",
             styles=styles,
             title=section.title,
+            unit=compute_unit,
         ),
     )
+    from p3bench.report.comparison_plots import paired_difference_figures
+
+    written.update(paired_difference_figures(section, folder, comparisons or [], method_cell))
     curves = [c for c in (mean_curve(g) for g in section.groups) if c is not None]
     add(
         "learning_curves",

@@ -69,6 +69,7 @@ __all__ = [
     "MARKERS",
     "PALETTE",
     "MethodStyle",
+    "format_flops",
     "format_tokens",
     "method_colors",
     "method_styles",
@@ -141,6 +142,24 @@ def format_tokens(value: float, _pos: Any = None) -> str:
         if value >= scale * 0.9995:
             return f"{value / scale:.3g}{unit}"
     return f"{value:.3g}"
+
+
+def format_flops(value: float, _pos: Any = None) -> str:
+    """A FLOP count for a tick label, in powers of ten: 1e12, 2e15, 2.5e18."""
+    if not is_finite(value) or value <= 0:
+        return ""
+    exponent = math.floor(math.log10(value))
+    mantissa = value / 10**exponent
+    if round(mantissa, 2) >= 10:  # 9.999e14 shows as 1e15
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.3g}e{exponent}"
+
+
+#: the x axis of :func:`plot_quality_vs_compute` by what a run's compute is counted in
+COMPUTE_AXES: dict[str, tuple[str, Any]] = {
+    "flops": ("Total compute (FLOPs: training + selection)", format_flops),
+    "tokens": ("Total compute (tokens: training + selection forward passes)", format_tokens),
+}
 
 
 def _direction(higher_is_better: bool) -> str:
@@ -270,8 +289,9 @@ def plot_quality_vs_fraction(
     return save_figure(fig, stem, dpi=dpi, formats=formats)
 
 
-def _token_axis(ax: Axes, values: Sequence[float]) -> None:
-    """A logarithmic x axis labelled in readable token counts (1M, 20M); finer ticks for narrow ranges."""
+def _token_axis(ax: Axes, values: Sequence[float], formatter: Any = format_tokens) -> None:
+    """A logarithmic x axis labelled in readable token counts (1M, 20M; or another ``formatter``, such as
+    :func:`format_flops`); finer ticks for narrow ranges."""
     ax.set_xscale("log")
     lo, hi = min(values), max(values)
     span = math.log10(hi / lo) if lo > 0 else 0.0
@@ -280,7 +300,7 @@ def _token_axis(ax: Axes, values: Sequence[float]) -> None:
     else:
         ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
     ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(np.arange(2, 10)), numticks=12))
-    ax.xaxis.set_major_formatter(FuncFormatter(format_tokens))
+    ax.xaxis.set_major_formatter(FuncFormatter(formatter))
     ax.xaxis.set_minor_formatter(NullFormatter())
     if span < 0.3:  # a single point or a very narrow range: widen so that at least one tick shows
         centre = math.sqrt(lo * hi)
@@ -296,17 +316,23 @@ def plot_quality_vs_compute(
     title: str | None = None,
     styles: Mapping[str, MethodStyle] | None = None,
     annotate: bool | None = None,
+    unit: str = "flops",
     dpi: int = DPI,
     formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
-    """Quality against total compute (training + selection forward tokens), one series per method.
+    """Quality against total compute (the FLOPs of training and of the selection's models,
+    :mod:`p3bench.compute`), one series per method.
 
-    ``points``: ``{"method", "budget", "compute", "compute_sd", "quality", "quality_sd", "n"}``. The x axis
-    is logarithmic with token counts as 1M, 20M, ...; error bars show ±1 sd in both directions. Each point
+    ``points``: ``{"method", "budget", "compute", "compute_sd", "quality", "quality_sd", "n"}``, the compute
+    in ``unit``: ``flops`` (default), or ``tokens`` (training + selection forward tokens) for runs written
+    before FLOPs were recorded, which the axis label then says. The x axis is logarithmic (FLOPs as 1e12,
+    2e15, ...; tokens as 1M, 20M, ...); error bars show ±1 sd in both directions. Each point
     is labelled with its budget in small text in its method's colour when there are at most 30 points
     (``annotate`` forces either). Points with a non-positive or non-finite compute, or a non-finite quality,
     are left out; returns ``[]`` when none remain.
     """
+    if unit not in COMPUTE_AXES:
+        raise ValueError(f"compute unit {unit!r} is unknown: expected one of {', '.join(COMPUTE_AXES)}")
     rows, _ = _method_points(points, "compute", log_x=True)
     if not rows:
         return []
@@ -339,8 +365,9 @@ def plot_quality_vs_compute(
                 },
                 zorder=5,
             )
-    _token_axis(ax, [float(p["compute"]) for p in rows])
-    ax.set_xlabel("Total compute (tokens: training + selection forward passes)", fontsize=FONT)
+    x_label, formatter = COMPUTE_AXES[unit]
+    _token_axis(ax, [float(p["compute"]) for p in rows], formatter)
+    ax.set_xlabel(x_label, fontsize=FONT)
     ax.set_ylabel(metric_label, fontsize=FONT)
     ax.margins(x=0.08, y=0.1)
     note = f"{seeds_note(p.get('n') for p in rows)}\n{_direction(higher_is_better)}"
