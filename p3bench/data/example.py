@@ -30,6 +30,8 @@ class Example:
 
 
 ORACLE_META_KEYS = ("is_noisy", "dup_group", "is_junk", "is_duplicate", "clean_answer")
+#: the datasets that plant defects and record them in oracle fields (what the controls need)
+ORACLE_DATASETS = ("synthetic_math", "text_mix")
 
 
 @dataclass

@@ -34,14 +34,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from p3bench.data.example import Example
+from p3bench.data.example import ORACLE_DATASETS, Example
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 
 #: the oracle fields that mark a planted defect (true on the defective examples)
 DEFECT_FIELDS = ("is_noisy", "is_junk", "is_duplicate")
-#: the datasets that plant defects and record them in these fields
-ORACLE_DATASETS = ("synthetic_math", "text_mix")
 
 
 def planted_defects(pool: Sequence[Example], method: str, dataset: str) -> np.ndarray:

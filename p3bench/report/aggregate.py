@@ -68,17 +68,22 @@ class Group:
     def seeds(self) -> list[Any]:
         return sorted({r.seed for r in self.runs}, key=seed_sort_key)
 
-    def per_seed(self, value: Callable[[RunRecord], float | None]) -> list[float]:
-        """One value per seed: repeats of a seed (the same whole-pool run at several budgets) are averaged,
-        so that the spread is over seeds."""
-        by_seed: dict[Any, list[float]] = defaultdict(list)
+    def by_seed(self, value: Callable[[RunRecord], float | None]) -> dict[Any, float]:
+        """One value per seed, keyed by seed in seed order: repeats of a seed (the same whole-pool run at
+        several budgets) are averaged, so that the spread is over seeds and pairs are by seed."""
+        values: dict[Any, list[float]] = defaultdict(list)
         for run in self.runs:
             v = as_number(value(run))
             if v is not None:
-                by_seed[run.seed].append(v)
-        return [
-            statistics.fmean(vs) for _, vs in sorted(by_seed.items(), key=lambda kv: seed_sort_key(kv[0]))
-        ]
+                values[run.seed].append(v)
+        return {
+            seed: statistics.fmean(vs)
+            for seed, vs in sorted(values.items(), key=lambda kv: seed_sort_key(kv[0]))
+        }
+
+    def per_seed(self, value: Callable[[RunRecord], float | None]) -> list[float]:
+        """One value per seed (:meth:`by_seed`), in seed order."""
+        return list(self.by_seed(value).values())
 
     def stat(self, value: Callable[[RunRecord], float | None]) -> Stat:
         return stat(self.per_seed(value))

@@ -8,6 +8,7 @@ import io
 import math
 from typing import Any
 
+from p3bench.data.example import ORACLE_DATASETS
 from p3bench.methods import is_control
 from p3bench.report.comparisons import SectionComparisons, base_method
 from p3bench.stats.paired import PairedComparison
@@ -116,10 +117,6 @@ def ranking_table(comparisons: SectionComparisons) -> list[str]:
     return lines
 
 
-#: the datasets that plant defects, on which the controls can run
-CONTROL_DATASETS = ("synthetic_math", "text_mix")
-
-
 def controls_lines(comparisons: SectionComparisons, dataset: str = "") -> list[str]:
     """The controls' verdicts against random, and whether the section's findings are decisive."""
     lines = [
@@ -127,7 +124,7 @@ def controls_lines(comparisons: SectionComparisons, dataset: str = "") -> list[s
         for name in comparisons.unpaired_controls
     ]
     if not comparisons.controls:
-        if lines or dataset in CONTROL_DATASETS:
+        if lines or dataset in ORACLE_DATASETS:
             lines.append(
                 "No control was compared with random in this section (`method=oracle_clean`, "
                 "`method=oracle_defects` at a budget `random` ran at): whether this testbed can tell a good "

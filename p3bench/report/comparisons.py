@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from p3bench.methods import is_control
-from p3bench.report.aggregate import WHOLE_POOL, Group, Section, as_number, seed_sort_key
+from p3bench.report.aggregate import WHOLE_POOL, Group, Section, seed_sort_key
 from p3bench.report.runs import RunRecord
 from p3bench.results import PREDICTIONS_FILE
 from p3bench.stats.paired import PairedComparison, compare_paired, with_holm
@@ -91,12 +90,7 @@ def base_method(label: str) -> str:
 
 def per_seed_values(group: Group, metric: str) -> dict[Any, float]:
     """The group's metric by seed (repeats of a seed averaged, as the tables do)."""
-    by_seed: dict[Any, list[float]] = defaultdict(list)
-    for run in group.runs:
-        value = as_number((run.results or {}).get("metrics", {}).get(metric))
-        if value is not None:
-            by_seed[run.seed].append(value)
-    return {seed: float(np.mean(values)) for seed, values in by_seed.items()}
+    return group.by_seed(lambda run: (run.results or {}).get("metrics", {}).get(metric))
 
 
 def record_field(metric: str) -> str | None:
@@ -141,10 +135,12 @@ def example_values(run: RunRecord, metric: str) -> dict[str, float] | None:
 
 def paired_examples(
     group: Group, reference: Group, metric: str, seeds: list[Any]
-) -> dict[Any, tuple[np.ndarray, np.ndarray]] | None:
-    """For each seed, the two runs' per-example values on the test examples both scored (aligned by id);
-    None when any seed lacks them (the bootstrap then resamples seeds only)."""
+) -> tuple[dict[Any, tuple[np.ndarray, np.ndarray]], bool] | None:
+    """For each seed, the two runs' per-example values on the test examples both scored (aligned by id), and
+    whether every seed was scored on the same examples (one test set); None when any seed lacks them (the
+    bootstrap then resamples seeds only)."""
     paired: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+    id_lists: set[tuple[str, ...]] = set()
     for seed in seeds:
         mine = next((r for r in group.runs if r.seed == seed), None)
         theirs = next((r for r in reference.runs if r.seed == seed), None)
@@ -157,7 +153,8 @@ def paired_examples(
         if not ids:
             return None
         paired[seed] = (np.array([a[i] for i in ids]), np.array([b[i] for i in ids]))
-    return paired
+        id_lists.add(tuple(ids))
+    return paired, len(id_lists) == 1
 
 
 def variant_of(label: str) -> str:
@@ -185,11 +182,8 @@ def compare_groups(
     """``group`` minus ``reference`` on ``metric``, paired by seed."""
     mine, theirs = per_seed_values(group, metric), per_seed_values(reference, metric)
     seeds = sorted(set(mine) & set(theirs), key=seed_sort_key)
-    examples = paired_examples(group, reference, metric, seeds) if len(seeds) >= 2 else None
-    shared = None
-    if examples is not None:  # one test set for every seed when the aligned ids are the same lists
-        id_lists = {tuple(ids) for ids in _paired_ids(group, reference, metric, seeds)}
-        shared = len(id_lists) == 1
+    found = paired_examples(group, reference, metric, seeds) if len(seeds) >= 2 else None
+    examples, shared = found if found is not None else (None, None)
     return compare_paired(
         mine,
         theirs,
@@ -201,16 +195,6 @@ def compare_groups(
         method=group.method,
         reference=reference.method,
     )
-
-
-def _paired_ids(group: Group, reference: Group, metric: str, seeds: list[Any]) -> list[list[str]]:
-    lists = []
-    for seed in seeds:
-        mine = next(r for r in group.runs if r.seed == seed)
-        theirs = next(r for r in reference.runs if r.seed == seed)
-        a, b = example_values(mine, metric) or {}, example_values(theirs, metric) or {}
-        lists.append(sorted(set(a) & set(b)))
-    return lists
 
 
 def mirrored(method: str, reference: str, references: tuple[str, ...]) -> bool:
