@@ -141,6 +141,18 @@ def write_run_files(
 PLANTED_DEFECTS = {"noisy": "noisy", "junk": "junk", "duplicate": "duplicate_copies"}
 
 
+#: the continuous metrics that head a table near the accuracy floor, in order of preference: the probability of
+#: the correct final answer (tasks with a checkable answer; bounded, so a few confidently wrong answers do not
+#: swamp it: on the default testbed the controls separate on it and not on the answer's bits per byte,
+#: experiments/synthetic_budgets/README.md), then the answer's bits per byte, else the whole solution's
+#: (name -> whether higher is better)
+CONTINUOUS_HEADLINES: dict[str, bool] = {
+    "test/answer_prob": True,
+    "test/answer_bpb": False,
+    "test/solution_bpb": False,
+}
+
+
 def quality_metric(results: dict[str, Any]) -> tuple[str, bool]:
     """The run's headline quality metric and whether higher is better: test accuracy for question answering
     and code, held-out perplexity for language modelling, validation loss when the run was not tested."""
@@ -193,6 +205,8 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
         # the continuous metrics a report heads its tables with near the accuracy floor, and their errors
         "test_accuracy_ci_low": metrics.get("test/accuracy_ci_low"),
         "test_accuracy_ci_high": metrics.get("test/accuracy_ci_high"),
+        "test_answer_prob": metrics.get("test/answer_prob"),
+        "test_answer_prob_se": metrics.get("test/answer_prob_se"),
         "test_answer_bpb": metrics.get("test/answer_bpb"),
         "test_answer_bpb_se": metrics.get("test/answer_bpb_se"),
         "test_solution_bpb": metrics.get("test/solution_bpb"),

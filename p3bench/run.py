@@ -26,6 +26,7 @@ from p3bench.models.module import SelectionLM
 from p3bench.models.warm_start import warm_start, warm_start_settings
 from p3bench.preflight import method_options, prepare_run
 from p3bench.results import (
+    CONTINUOUS_HEADLINES,
     PREVIOUS_RESULTS_FILE,
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -311,7 +312,7 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     header = ["method", "budget", "examples", "train tokens", "test ppl" if is_lm else "test acc"] + [
         k.rsplit("_", 1)[-1] for k in levels
     ]
-    continuous = [k for k in ("test/answer_bpb", "test/solution_bpb") if k in metrics][:1]
+    continuous = [k for k in CONTINUOUS_HEADLINES if k in metrics][:1]
     header += [k.removeprefix("test/").replace("_", " ") for k in continuous]
     header.append("time (s)")
     score = metrics.get("test/perplexity" if is_lm else "test/accuracy")
@@ -340,7 +341,8 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     else:
         print(
             "(test acc with its 95% Wilson interval; per-level columns are test accuracy by difficulty level; "
-            "bits per byte of the reference answer or solution ± its standard error over test problems)\n"
+            "the continuous metric that heads a report near the accuracy floor (docs/comparisons.md) ± its standard "
+            "error over test problems)\n"
             f"run directory: {output_dir}"
         )
 

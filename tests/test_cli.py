@@ -248,7 +248,7 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
         assert line in done.stdout, done.stdout[:2000]
     for line in (
         "dataset: apps, c4, gsm8k, gutenberg, math, pile, synthetic_math, text_mix, tinyshakespeare",
-        "model: hf, tiny",
+        "model: hf, micro, tiny",
     ):
         assert line in done.stdout, done.stdout[:2000]
 

@@ -214,7 +214,7 @@ def test_bad_method_options_are_one_line_errors(parts):
         make(parts, pace={"speed": 2})
     with pytest.raises(ConfigError, match="method.dpp.condition_on='sometimes'"):
         make(parts, dpp={"condition_on": "sometimes"})
-    with pytest.raises(ConfigError, match="policy needs the likelihood scorer"):
+    with pytest.raises(ConfigError, match="policy needs the policy's features.*'level' has none"):
         module, dm = make(parts, difficulty={"scorer": "level"}, dpp={"embedder": "policy"})
         trainer(None, max_epochs=1).fit(module, datamodule=dm)
 
@@ -369,3 +369,42 @@ def test_an_apps_run_without_the_switch_refuses_before_training(tmp_path: Path, 
     last = done.stderr.strip().splitlines()[-1]
     assert "allow_code_execution=true" in last and "P3BENCH_ALLOW_CODE_EXECUTION=1" in last
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_policy_features_are_z_scored_per_dimension_before_the_kernel(parts):
+    """The public code z-scores the policy's features per dimension over the pool before its kernel; a
+    shared offset (every mean-pooled state of a small model shares one large component) must not make every
+    pair look alike."""
+    from p3bench.algorithms.diversity import standardized_columns
+    from p3bench.scoring import ScoreResult
+
+    _, dm = make(parts, dpp={"embedder": "policy"})
+    rng = np.random.default_rng(0)
+    raw = 50.0 + rng.normal(size=(30, 4)) * np.array([1.0, 5.0, 0.1, 0.0])  # an offset and a constant column
+    features, tokens = dm._features(ScoreResult(scores=np.full(30, 0.5), features=raw))
+    reference = np.zeros_like(raw)
+    reference[:, :3] = (raw[:, :3] - raw[:, :3].mean(0)) / raw[:, :3].std(0)
+    assert tokens == 0 and features.dtype == np.float32
+    np.testing.assert_allclose(features, reference, atol=1e-5)
+    np.testing.assert_allclose(standardized_columns(raw), reference, atol=1e-5)
+    # raw, every pair is nearly parallel; z-scored, the mean pairwise cosine is near 0
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    assert (unit @ unit.T).mean() > 0.99
+    z = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert abs((z @ z.T)[~np.eye(30, dtype=bool)].mean()) < 0.1
+
+
+def test_step_difficulty_gives_the_dpp_the_policy_features_of_its_own_pass(parts):
+    """The steps scorer's teacher-forced pass pools the same hidden states as the likelihood scorer's, so
+    P3 with step-level difficulty runs on the default embedder without a second pass."""
+    from p3bench.scoring import build_scorer
+
+    module, dm = make(parts, difficulty={"scorer": "steps"}, dpp={"embedder": "policy"}, budget=0.1)
+    trainer(None, max_epochs=1).fit(module, datamodule=dm)
+    (record,) = dm.rounds
+    assert len(record.ids) == dm.budget_size and record.diagnostics["scorer"] == "steps"
+    assert record.diagnostics["diversity_mean_cosine_pick"] < record.diagnostics["diversity_mean_cosine_topk"]
+    steps = build_scorer("steps").score(module, dm.pool_items(), want_features=True)
+    likelihood = build_scorer("likelihood").score(module, dm.pool_items(), want_features=True)
+    assert steps.features.shape == (len(dm.pool), ARCH["hidden_size"])
+    np.testing.assert_allclose(steps.features, likelihood.features, atol=1e-5)

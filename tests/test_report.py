@@ -54,9 +54,9 @@ def test_table_numbers_equal_the_runs_results(tiny_sweep: Path, tmp_path: Path, 
     report = build_report([tiny_sweep], tmp_path / "report", metric=metric, make_plots=False)
     assert [r.status for r in report.runs] == [OK] * 8
     (section,) = report.sections
-    # the tiny runs solve almost nothing: near the accuracy floor answer bits per byte heads the table
-    name = metric or "test/answer_bpb"
-    assert section.metric == name and section.higher_is_better is False
+    # the tiny runs solve almost nothing: near the accuracy floor the answer's probability heads the table
+    name = metric or "test/answer_prob"
+    assert section.metric == name and section.higher_is_better is (metric is None)
     if metric is None:
         assert section.second == ("test/accuracy", True)
     assert section.methods == METHODS and section.budgets == BUDGETS
@@ -312,14 +312,14 @@ def test_runs_with_other_settings_are_not_averaged_together(tiny_sweep: Path, tm
         [tmp_path / "a", tmp_path / "b"], tmp_path / "report", metric="val/loss", make_plots=False
     )
     by_model = {s.model: s for s in report.sections}
-    assert sorted(by_model) == ["other", "tiny"]
-    tiny = by_model["tiny"]
-    assert tiny.methods == [
+    assert sorted(by_model) == ["micro", "other"]
+    default = by_model["micro"]
+    assert default.methods == [
         "p3_no_dpp [trainer.max_epochs=3]",
         "p3_no_dpp [trainer.max_epochs=4]",
         "random [trainer.max_epochs=3]",
     ]
-    assert all(g.metric("val/loss").n == 2 for g in tiny.groups)
+    assert all(g.metric("val/loss").n == 2 for g in default.groups)
     assert by_model["other"].methods == ["random"]  # one variant there: no label needed
 
 

@@ -27,14 +27,21 @@ EFFECTS = {"random": 0.0, "full": -0.30, "oracle_clean": -0.20, "oracle_defects"
 NULL_OFFSETS = {0: 0.010, 1: -0.012, 2: 0.004, 3: 0.001}
 
 
-def write_run(root: Path, method: str, seed: int, values: np.ndarray, budget: float, pool: int = 100) -> None:
+def write_run(
+    root: Path, method: str, seed: int, values: np.ndarray, budget: float, pool: int = 100, prob: bool = False
+) -> None:
     run = root / f"{method}_b{budget}_s{seed}"
     run.mkdir(parents=True)
     whole = method == "full"
     accuracy = (values < 1.4).astype(float)  # a few solved problems: accuracy stays near the floor
     ids = [f"t{i:04d}" for i in range(len(values))]
     predictions = [
-        {"id": i, "correct": bool(a), "answer_bpb": float(v)}
+        {
+            "id": i,
+            "correct": bool(a),
+            "answer_bpb": float(v),
+            **({"answer_prob": float(np.exp(-v))} if prob else {}),
+        }
         for i, a, v in zip(ids, accuracy, values, strict=True)
     ]
     (run / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
@@ -55,6 +62,7 @@ def write_run(root: Path, method: str, seed: int, values: np.ndarray, budget: fl
         "metrics": {
             "test/accuracy": float(accuracy.mean()),
             "test/answer_bpb": float(values.mean()),
+            **({"test/answer_prob": float(np.exp(-values).mean())} if prob else {}),
             "test/n_examples": float(len(values)),
         },
         "compute": {"train_tokens": 1000 * size},
@@ -62,7 +70,9 @@ def write_run(root: Path, method: str, seed: int, values: np.ndarray, budget: fl
     (run / "results.json").write_text(json.dumps(results))
 
 
-def fabricate(root: Path, effects: dict[str, float], missing: dict[str, int] | None = None) -> Path:
+def fabricate(
+    root: Path, effects: dict[str, float], missing: dict[str, int] | None = None, prob: bool = False
+) -> Path:
     """Runs of each method at budget 0.3 (full on the whole pool) over :data:`SEEDS`: each seed shifts every
     method alike (the same split and initial model), each test problem has its own difficulty, and each run
     adds its own small noise; ``missing`` leaves one seed of a method out."""
@@ -81,13 +91,27 @@ def fabricate(root: Path, effects: dict[str, float], missing: dict[str, int] | N
                 values = difficulty + seed_shift[seed] + effect + rng.normal(0, 0.02, N_TEST)
             if method == "random":
                 random_values[seed] = values
-            write_run(root, method, seed, values, 0.3)
+            write_run(root, method, seed, values, 0.3, prob=prob)
     return root
 
 
 @pytest.fixture()
 def sweep(tmp_path: Path) -> Path:
     return fabricate(tmp_path / "sweep", EFFECTS, missing={"p3": 2})
+
+
+def test_the_answer_probability_heads_near_the_floor_higher_is_better(tmp_path: Path):
+    """With the answer's probability recorded it heads the table (before its bits per byte), higher is better,
+    and the verdicts follow: a lower bits per byte is a higher probability, so the same planted effects read
+    the same way."""
+    (section,) = group_runs(load_runs([fabricate(tmp_path / "sweep", EFFECTS, prob=True)]))
+    assert section.metric == "test/answer_prob" and section.higher_is_better
+    assert section.second == ("test/accuracy", True)
+    found = rows_by(compare_section(section))
+    assert found[("full", "random")].verdict == "better" and found[("full", "random")].mean_diff > 0
+    assert found[("oracle_clean", "random")].verdict == "better"
+    assert found[("oracle_defects", "random")].verdict == "worse"
+    assert found[("p3", "random")].verdict == "inconclusive"
 
 
 def rows_by(comparisons) -> dict[tuple[str, str], object]:

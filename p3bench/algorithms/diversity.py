@@ -247,3 +247,12 @@ def kernel_effective_rank(
         None, np.arange(size)
     )
     return effective_dimension(np.linalg.eigvalsh(S), ridge)
+
+
+def standardized_columns(features: np.ndarray) -> np.ndarray:
+    """Each column centred and scaled to unit standard deviation over the rows (a constant column stays 0),
+    float32."""
+    x = np.asarray(features, dtype=np.float64)
+    std = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return z.astype(np.float32)

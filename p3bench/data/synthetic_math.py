@@ -439,7 +439,9 @@ def load_synthetic_math(
     """The synthetic arithmetic dataset (see the module docstring); ``levels`` is a count (levels 1..levels)
     or a list of levels. Defect counts are ``round(rate * n_train)``; the rest of train is clean.
     ``noise_kind`` (:data:`NOISE_KINDS`) says what a noisy label gets wrong; the same arguments otherwise give
-    the same examples whatever the kind."""
+    the same examples whatever the kind. The shipped config (``conf/dataset/synthetic_math.yaml``) sets
+    ``answer``, the calibrated default testbed's; this function's default stays ``last_step``, the data of the
+    recorded experiments and of the tests that build it directly."""
     if noise_kind not in NOISE_KINDS:
         raise ConfigError(
             f"synthetic_math noise_kind={noise_kind!r} is invalid: expected one of {', '.join(NOISE_KINDS)}"

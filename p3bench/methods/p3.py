@@ -27,9 +27,11 @@ embedder's.
 
 Departures from the paper and its public code (2408.05541's method section and results could not be
 checked; the public code is the reference): the policy embedding is the mean-pooled last hidden state of
-the response (the code's first-token state is degenerate under causal attention), or the packaged MiniLM
-sentence embedder (default) or TF-IDF; the step score is computed in one pass instead of one per line (same
-value under causal attention). The similarity of the default kernel (``dpp.kernel=rbf_blocked``) is an RBF
+the response (the code's first-token state is degenerate under causal attention), z-scored per dimension
+over the pool as the code's v5/v7 do (the shipped config's default, as the code takes its features from
+the current model), or the packaged MiniLM sentence embedder
+or TF-IDF; the step score is computed in one pass instead of one per line (same value under causal
+attention). The similarity of the default kernel (``dpp.kernel=rbf_blocked``) is an RBF
 of the normalised embeddings (twice the median pairwise distance as bandwidth, a ridge of 1e-4) instead of
 the code's cosine:
 with 384-dimensional MiniLM features the cosine kernel has rank 384, so beyond a few hundred picks its
@@ -63,7 +65,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from p3bench.algorithms.diversity import KERNEL_RANK_SAMPLE, kernel_effective_rank, selection_diversity
+from p3bench.algorithms.diversity import (
+    KERNEL_RANK_SAMPLE,
+    kernel_effective_rank,
+    selection_diversity,
+    standardized_columns,
+)
 from p3bench.algorithms.dpp import DEFAULT_RIDGE, FILLS, KERNELS, dpp_select
 from p3bench.algorithms.pace import SelfPacedSchedule
 from p3bench.compute import RUN_MODEL, model_size, record_embedding
@@ -102,9 +109,11 @@ PACE_DEFAULTS: dict[str, Any] = {
     "conflict": "budget",
     "warmup_rounds": 0,
 }
+#: the difficulty scorers whose pass also gives the policy's features (``dpp.embedder=policy``)
+POLICY_SCORERS = ("likelihood", "steps")
 DPP_DEFAULTS: dict[str, Any] = {
     "enabled": True,
-    "embedder": "minilm",
+    "embedder": "policy",
     "embedder_kwargs": {},
     "text": "prompt_and_target",
     "kernel": "rbf_blocked",
@@ -175,10 +184,15 @@ class P3(SelectionDataModule):
                 "method.pace.weights=log needs difficulties in [0, 1]: expected pace.mode=quantile and "
                 "difficulty.transform=one_minus"
             )
-        if self.dpp_cfg["enabled"] and self.dpp_cfg["embedder"] == "policy" and scorer_name != "likelihood":
+        if (
+            self.dpp_cfg["enabled"]
+            and self.dpp_cfg["embedder"] == "policy"
+            and scorer_name not in POLICY_SCORERS
+        ):
             raise ConfigError(
-                f"method.dpp.embedder=policy needs the likelihood scorer's pass: difficulty.scorer={scorer_name!r}"
-                " has none (use likelihood, or an embedder such as minilm)"
+                f"method.dpp.embedder=policy needs the policy's features from a teacher-forced scoring pass: "
+                f"difficulty.scorer={scorer_name!r} has none (expected likelihood or steps, or an embedder such "
+                "as minilm)"
             )
         self._check_pace_options()
         exponent = self.dpp_cfg["quality_exponent"]
@@ -326,7 +340,7 @@ class P3(SelectionDataModule):
         result = self.scorer.score(
             ctx.module,
             self.pool_items(),
-            want_features=want_features and self.scorer.name == "likelihood",
+            want_features=want_features and self.scorer.name in POLICY_SCORERS,
             round=ctx.round,
         )
         tokens = result.forward_tokens
@@ -384,16 +398,19 @@ class P3(SelectionDataModule):
         return ranked[:k] if self.order == "easiest" else ranked[::-1][:k]
 
     def _features(self, result: ScoreResult) -> tuple[np.ndarray, int]:
-        """Embeddings of the whole pool: the policy's (from this round's pass), or a sentence embedder's,
+        """Embeddings of the whole pool: the policy's (from this round's pass, z-scored per dimension over the
+        pool as the public code does before its kernel: a small model's mean-pooled states share one large
+        component, under which every pair looks alike), or a sentence embedder's,
         and the forward tokens to add to this round's: the sentence embedder's the first time in the run
         (the same whether or not the cache served the vectors), else 0."""
         name = self.dpp_cfg["embedder"]
         if name == "policy":
             if result.features is None:
                 raise ConfigError(
-                    "method.dpp.embedder=policy needs the likelihood scorer's pass (difficulty.scorer=likelihood)"
+                    "method.dpp.embedder=policy needs a teacher-forced scoring pass (difficulty.scorer=likelihood "
+                    "or steps)"
                 )
-            return np.asarray(result.features, dtype=np.float32), 0
+            return standardized_columns(result.features), 0
         if self._embeddings is None:
             kwargs = dict(self.dpp_cfg["embedder_kwargs"] or {})
             kwargs.setdefault("progress", self.progress)
@@ -545,7 +562,7 @@ class DiversityOnly(P3):
         "reselect_every_n_epochs": 0,
         "difficulty": {"scorer": "uniform", "dynamic": False},
         "pace": {"enabled": False},
-        "dpp": {"quality": False, "condition_on": "none"},
+        "dpp": {"embedder": "minilm", "quality": False, "condition_on": "none"},
     }
 
 

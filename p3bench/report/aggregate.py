@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p3bench.report.runs import RunRecord
-from p3bench.results import quality_metric
+from p3bench.results import CONTINUOUS_HEADLINES, quality_metric
 
 WHOLE_POOL = "all"
 
@@ -181,9 +181,6 @@ def metric_direction(name: str) -> bool | None:
 #: continuous metric does (DataDecide, arXiv 2504.11393: near the floor, accuracy ranks data choices far less
 #: reliably than the likelihood of the correct answer)
 ACCURACY_HEADLINE_FROM = 0.2
-#: the continuous metrics that head a table near the accuracy floor, in order of preference: bits per byte of
-#: the final answer (tasks with a checkable answer), else of the whole reference solution
-CONTINUOUS_HEADLINES = ("test/answer_bpb", "test/solution_bpb")
 
 
 def _share_with(runs: list[RunRecord], name: str) -> float:
@@ -207,9 +204,9 @@ def headline_metric(runs: list[RunRecord]) -> tuple[str, bool]:
     accuracies = [a for a in accuracies if a is not None]
     if accuracies and statistics.fmean(accuracies) >= ACCURACY_HEADLINE_FROM:
         return name, higher
-    for continuous in CONTINUOUS_HEADLINES:
+    for continuous, higher_is_better in CONTINUOUS_HEADLINES.items():
         if _share_with(runs, continuous) > 0.5:
-            return continuous, False
+            return continuous, higher_is_better
     return name, higher
 
 
@@ -219,9 +216,9 @@ def second_metric(runs: list[RunRecord], headline: str) -> tuple[str, bool] | No
     if headline in CONTINUOUS_HEADLINES:
         return ("test/accuracy", True) if _share_with(runs, "test/accuracy") > 0.5 else None
     if headline == "test/accuracy":
-        for continuous in CONTINUOUS_HEADLINES:
+        for continuous, higher_is_better in CONTINUOUS_HEADLINES.items():
             if _share_with(runs, continuous) > 0.5:
-                return continuous, False
+                return continuous, higher_is_better
     return None
 
 
