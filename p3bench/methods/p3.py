@@ -109,8 +109,6 @@ PACE_DEFAULTS: dict[str, Any] = {
     "conflict": "budget",
     "warmup_rounds": 0,
 }
-#: the difficulty scorers whose pass also gives the policy's features (``dpp.embedder=policy``)
-POLICY_SCORERS = ("likelihood", "steps")
 DPP_DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "embedder": "policy",
@@ -187,7 +185,7 @@ class P3(SelectionDataModule):
         if (
             self.dpp_cfg["enabled"]
             and self.dpp_cfg["embedder"] == "policy"
-            and scorer_name not in POLICY_SCORERS
+            and not SCORERS.get(scorer_name).gives_features
         ):
             raise ConfigError(
                 f"method.dpp.embedder=policy needs the policy's features from a teacher-forced scoring pass: "
@@ -340,7 +338,7 @@ class P3(SelectionDataModule):
         result = self.scorer.score(
             ctx.module,
             self.pool_items(),
-            want_features=want_features and self.scorer.name in POLICY_SCORERS,
+            want_features=want_features and self.scorer.gives_features,
             round=ctx.round,
         )
         tokens = result.forward_tokens

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from p3bench.data.example import Example
-from p3bench.models.collate import EncodedPool, EncodedSubset, TrainCollator
+from p3bench.models.collate import IGNORE_INDEX, EncodedPool, EncodedSubset, TrainCollator
 from p3bench.utils.progress import progress_bar
 
 
@@ -56,10 +56,12 @@ class ScoreResult:
 
 
 class Scorer:
-    """A difficulty measure. ``needs_model`` is False for scorers that read only the data (level labels)."""
+    """A difficulty measure. ``needs_model`` is False for scorers that read only the data (level labels);
+    ``gives_features`` says whether ``score(..., want_features=True)`` returns the policy's features."""
 
     name: str = "base"
     needs_model: bool = True
+    gives_features: bool = False
 
     def score(
         self, module: Any, items: ScoringItems, *, want_features: bool = False, round: int = 0
@@ -71,9 +73,28 @@ class Scorer:
 RowFunction = Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
 
 
+def mean_pooled_targets(
+    hidden: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of the last hidden states (in float32) over each example's target positions, or over its
+    non-padding tokens when no target token is left. Pooling the response avoids the degenerate
+    first-token state the P3 public code used (under causal attention position 0 sees only BOS)."""
+    hidden = hidden.float()
+    mask = (labels != IGNORE_INDEX).float()
+    empty = mask.sum(dim=1) == 0
+    if empty.any():
+        fallback = attention_mask.float() if attention_mask is not None else torch.ones_like(mask)
+        mask[empty] = fallback[empty]
+    return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
 class TeacherForcedScorer(Scorer):
     """A scorer computed from one teacher-forced pass of the current model over prompt + target
-    (``likelihood``, ``steps``): the batching options and the call to :func:`forward_pass`."""
+    (``likelihood``, ``steps``): the batching options and the call to :func:`forward_pass`, which with
+    ``features`` also returns each example's :func:`mean_pooled_targets` (the policy's embedding for the DPP,
+    at no extra forward pass)."""
+
+    gives_features = True
 
     def __init__(
         self, batch_size: int = 64, max_batch_tokens: int | None = None, progress: bool = True
@@ -83,15 +104,21 @@ class TeacherForcedScorer(Scorer):
         self.progress = bool(progress)
 
     def teacher_forced_pass(
-        self, module: Any, items: ScoringItems, rows: RowFunction, *, output_hidden_states: bool = False
+        self, module: Any, items: ScoringItems, rows: RowFunction, *, features: bool = False
     ) -> tuple[dict[str, np.ndarray], int]:
+        def rows_and_features(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, torch.Tensor]:
+            out = rows(batch, outputs)
+            hidden = outputs.hidden_states[-1]
+            out["features"] = mean_pooled_targets(hidden, batch["labels"], batch["attention_mask"])
+            return out
+
         return forward_pass(
             module,
             items,
-            rows,
+            rows_and_features if features else rows,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=features,
             progress=self.progress,
             description=f"scoring ({self.name})",
         )

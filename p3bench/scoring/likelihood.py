@@ -11,24 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from p3bench.models.collate import IGNORE_INDEX
 from p3bench.models.losses import per_example_nll, target_token_counts
 from p3bench.scoring.base import ScoreResult, ScoringItems, TeacherForcedScorer, timed
-
-
-def mean_pooled_targets(
-    hidden: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean of the last hidden states (in float32) over each example's target positions, or over its
-    non-padding tokens when no target token is left. Pooling the response avoids the degenerate
-    first-token state the P3 public code used (under causal attention position 0 sees only BOS)."""
-    hidden = hidden.float()
-    mask = (labels != IGNORE_INDEX).float()
-    empty = mask.sum(dim=1) == 0
-    if empty.any():
-        fallback = attention_mask.float() if attention_mask is not None else torch.ones_like(mask)
-        mask[empty] = fallback[empty]
-    return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
 def no_target(labels: torch.Tensor) -> torch.Tensor:
@@ -51,14 +35,10 @@ class LikelihoodScorer(TeacherForcedScorer):
     ) -> ScoreResult:
         def rows(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, torch.Tensor]:
             nll = per_example_nll(outputs.logits, batch["labels"])
-            out = {"nll": torch.where(no_target(batch["labels"]), torch.full_like(nll, torch.inf), nll)}
-            if want_features:
-                hidden = outputs.hidden_states[-1]
-                out["features"] = mean_pooled_targets(hidden, batch["labels"], batch["attention_mask"])
-            return out
+            return {"nll": torch.where(no_target(batch["labels"]), torch.full_like(nll, torch.inf), nll)}
 
         def run() -> ScoreResult:
-            arrays, tokens = self.teacher_forced_pass(module, items, rows, output_hidden_states=want_features)
+            arrays, tokens = self.teacher_forced_pass(module, items, rows, features=want_features)
             nll = arrays["nll"].astype(float)
             finite = np.isfinite(nll)
             return ScoreResult(

@@ -20,7 +20,6 @@ import torch
 
 from p3bench.models.collate import IGNORE_INDEX
 from p3bench.scoring.base import ScoreResult, ScoringItems, TeacherForcedScorer, timed
-from p3bench.scoring.likelihood import mean_pooled_targets
 
 _LINE = re.compile(r"[^\n]+")
 
@@ -109,14 +108,10 @@ class StepScorer(TeacherForcedScorer):
                 line_prob.sum(dim=1) / n_present.clamp(min=1),
                 torch.zeros_like(n_present, dtype=sums.dtype),
             )
-            out = {"score": score, "n_lines": n_present.float()}
-            if want_features:  # the policy's embedding for the DPP, from the same pass (as likelihood's)
-                hidden = outputs.hidden_states[-1]
-                out["features"] = mean_pooled_targets(hidden, batch["labels"], batch["attention_mask"])
-            return out
+            return {"score": score, "n_lines": n_present.float()}
 
         def run() -> ScoreResult:
-            arrays, tokens = self.teacher_forced_pass(module, items, rows, output_hidden_states=want_features)
+            arrays, tokens = self.teacher_forced_pass(module, items, rows, features=want_features)
             return ScoreResult(
                 scores=arrays["score"].astype(float),
                 forward_tokens=tokens,
