@@ -25,6 +25,8 @@ from p3bench.errors import ConfigError
 
 SCHEMA_NAME = "config_schema"
 REGIMES = ("iso_epoch", "iso_compute")
+#: how a selection is judged (p3bench.eval.icl for icl)
+EVALUATION_MODES = ("finetune", "icl")
 #: the largest seed Lightning's seed_everything accepts
 MAX_SEED = 2**32 - 1
 
@@ -41,6 +43,19 @@ class TestSamplingConfig:
     temperature: float = MISSING
     top_p: float = MISSING
     pass_at_k: list[int] = MISSING
+
+
+@dataclass
+class ICLConfig:
+    k: int = MISSING
+    embedder: str = MISSING
+    embedder_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationConfig:
+    mode: str = MISSING
+    icl: ICLConfig = field(default_factory=ICLConfig)
 
 
 @dataclass
@@ -66,10 +81,12 @@ class RootConfig:
     coverage_embedder: CoverageEmbedderConfig = field(default_factory=CoverageEmbedderConfig)
     ckpt_path: str | None = None
     test: bool = MISSING
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     progress: bool = MISSING
     test_sampling: TestSamplingConfig = field(default_factory=TestSamplingConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     method: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -106,6 +123,7 @@ _COUNTS = {
     "loader.num_workers": 0,
     "loader.length_grouping": 1,
     "test_sampling.n": 0,
+    "evaluation.icl.k": 1,
     "trainer.max_epochs": 1,
     "trainer.accumulate_grad_batches": 1,
     "trainer.log_every_n_steps": 1,
@@ -139,6 +157,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise _bad(key, value, "an integer >= 1 (-1, no epoch limit, only with trainer.max_steps >= 1)")
         if not _is_int(value) or value < minimum:
             raise _bad(key, value, f"an integer >= {minimum}")
+    if cfg.evaluation.mode not in EVALUATION_MODES:
+        raise _bad("evaluation.mode", cfg.evaluation.mode, f"one of {', '.join(EVALUATION_MODES)}")
+    if cfg.evaluation.mode == "icl" and cfg.regime != "iso_epoch":
+        raise _bad("regime", cfg.regime, "iso_epoch with evaluation.mode=icl (it trains nothing)")
     if cfg.seed > MAX_SEED:
         raise _bad("seed", cfg.seed, f"an integer in [0, {MAX_SEED}]")
     every = _select(cfg, "trainer.check_val_every_n_epoch")

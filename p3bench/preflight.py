@@ -70,6 +70,24 @@ def method_options(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
     if name is None:
         raise ConfigError("method.name is missing: expected the name of a registered method")
     method_cls = METHODS.get(name)
+    # an experiment's options for one method only (method_options.NAME), so that a sweep over several
+    # methods can set them without giving them to the others
+    node = cfg.get("method_options")
+    per_method = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    for other, block in per_method.items():
+        if other not in METHODS:
+            hint = closest(str(other), METHODS.names())
+            suggestion = f"; did you mean {hint!r}?" if hint else ""
+            raise ConfigError(f"method_options.{other}: {other!r} is not a registered method{suggestion}")
+        if not isinstance(block, dict):
+            raise ConfigError(f"method_options.{other}={block!r} is invalid: expected a mapping of options")
+    for key, value in dict(per_method.get(name) or {}).items():
+        if key in RUN_PROVIDED or key not in accepted_options(method_cls):
+            raise ConfigError(
+                f"method_options.{name}.{key} is not an option of method {name!r}: expected some of "
+                f"{', '.join(sorted(accepted_options(method_cls) - RUN_PROVIDED))}"
+            )
+        options[key] = value
     accepted = accepted_options(method_cls) - RUN_PROVIDED
     for key in options:
         if key in RUN_PROVIDED:
@@ -231,11 +249,43 @@ def prepare_run(cfg: DictConfig, hand_off: bool = False) -> PreparedRun:
     method_cls, options = method_options(cfg)
     check_trainer_arguments(cfg)
     splits = load_splits(cfg, hand_off=hand_off)
+    check_evaluation_mode(cfg, method_cls, options, splits.task)
     if getattr(method_cls, "control", False):  # a control needs the planted-defect oracle fields
         from p3bench.methods.controls import planted_defects
 
         planted_defects(splits.train, str(cfg.method.name), splits.name)
     return PreparedRun(method_cls, options, splits, identity, resume)
+
+
+def check_evaluation_mode(cfg: DictConfig, method_cls: type, options: Mapping[str, Any], task: str) -> None:
+    """In-context evaluation (``evaluation.mode=icl``) trains nothing, so it needs a method that selects once
+    before training, and a task whose test answers are generated."""
+    if cfg.evaluation.mode != "icl":
+        return
+    from p3bench.embeddings import EMBEDDERS
+
+    embedder = str(cfg.evaluation.icl.embedder)
+    if embedder not in EMBEDDERS:
+        hint = closest(embedder, EMBEDDERS.names())
+        suggestion = f"; did you mean {hint!r}?" if hint else ""
+        raise ConfigError(
+            f"evaluation.icl.embedder={embedder!r} is not a sentence embedder: expected one of "
+            f"{', '.join(EMBEDDERS.names())}{suggestion}"
+        )
+    every = options.get("reselect_every_n_epochs")
+    if every is None:
+        every = inspect.signature(method_cls.__init__).parameters.get("reselect_every_n_epochs")
+        every = 0 if every is None or every.default is inspect.Parameter.empty else every.default
+    if every:
+        raise ConfigError(
+            f"evaluation.mode=icl needs a static method: method {cfg.method.name!r} re-selects every {every} "
+            "epoch(s) with the model it trains (set method.reselect_every_n_epochs=0 or evaluation.mode=finetune)"
+        )
+    if task == "lm":
+        raise ConfigError(
+            f"evaluation.mode=icl needs a task with generated answers (qa, instruction, code): dataset="
+            f"{cfg.dataset.name!r} is a {task!r} task"
+        )
 
 
 class CheckBeforeWriting(Callback):

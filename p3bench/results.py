@@ -153,13 +153,34 @@ CONTINUOUS_HEADLINES: dict[str, bool] = {
 }
 
 
+#: the headline test metric of each task kind and whether higher is better (qa and code: accuracy, which a
+#: report replaces near its floor by the first of CONTINUOUS_HEADLINES); for instructions, ROUGE-L F1 of the
+#: generated response (DELIFT, arXiv 2411.04425, reads ROUGE first)
+TASK_HEADLINES: dict[str, tuple[str, bool]] = {
+    "qa": ("test/accuracy", True),
+    "code": ("test/accuracy", True),
+    "lm": ("test/perplexity", False),
+    "instruction": ("test/rouge_l", True),
+}
+#: the instruction task's other test metrics, reported beside ROUGE-L in this order (name -> higher is
+#: better): the paper's embedding similarity and judge, and the reference response's bits per byte (the
+#: continuous metric that decides small-scale comparisons, DataDecide arXiv 2504.11393)
+INSTRUCTION_BESIDE_HEADLINE: dict[str, bool] = {
+    "test/embedding_similarity": True,
+    "test/response_bpb": False,
+    "test/judge_score": True,
+}
+
+
 def quality_metric(results: dict[str, Any]) -> tuple[str, bool]:
-    """The run's headline quality metric and whether higher is better: test accuracy for question answering
-    and code, held-out perplexity for language modelling, validation loss when the run was not tested."""
+    """The run's headline quality metric and whether higher is better: that of its task kind
+    (:data:`TASK_HEADLINES`: test accuracy for question answering and code, held-out perplexity for
+    language modelling, ROUGE-L for instructions), validation loss when the run was not tested."""
     metrics = results.get("metrics", {})
-    name = "test/perplexity" if results.get("dataset", {}).get("task") == "lm" else "test/accuracy"
+    task = results.get("dataset", {}).get("task")
+    name, higher = TASK_HEADLINES.get(task, TASK_HEADLINES["qa"])
     if name in metrics:
-        return name, name == "test/accuracy"
+        return name, higher
     return "val/loss", False
 
 
@@ -211,6 +232,12 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
         "test_answer_bpb_se": metrics.get("test/answer_bpb_se"),
         "test_solution_bpb": metrics.get("test/solution_bpb"),
         "test_solution_bpb_se": metrics.get("test/solution_bpb_se"),
+        # the instruction task's response metrics (p3bench.eval.instruction) and their errors
+        **{
+            f"test_{name}{suffix}": metrics.get(f"test/{name}{suffix}")
+            for name in ("rouge_l", "embedding_similarity", "response_bpb", "judge_score")
+            for suffix in ("", "_se")
+        },
         "val_loss": metrics.get("val/loss"),
         "data_fraction": selection.get("fraction"),
         "n_selected": selection.get("n_selected"),

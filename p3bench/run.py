@@ -27,6 +27,7 @@ from p3bench.models.warm_start import warm_start, warm_start_settings
 from p3bench.preflight import method_options, prepare_run
 from p3bench.results import (
     CONTINUOUS_HEADLINES,
+    INSTRUCTION_BESIDE_HEADLINE,
     PREVIOUS_RESULTS_FILE,
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -69,7 +70,8 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     warm_record = None
     if warm_settings is not None:
         # continual pre-training (arXiv 2402.14270) starts from a pre-trained model: pre-train the fresh one
-        warm_record = warm_start(model, tokenizer, splits.train, warm_settings, cfg.paths.cache_dir)
+        corpus = warm_settings.corpus_examples(splits.train)
+        warm_record = warm_start(model, tokenizer, corpus, warm_settings, cfg.paths.cache_dir)
     module = SelectionLM(
         model=model,
         tokenizer=tokenizer,
@@ -107,6 +109,9 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.trainer.get("plugins"):
         # checkpoints written whole in their own directory, so a full disk cannot truncate last.ckpt
         trainer_overrides["plugins"] = [AtomicCheckpointIO()]
+    in_context = cfg.evaluation.mode == "icl"
+    if in_context:  # the selection is judged as demonstrations: select (fit's setup), train nothing
+        trainer_overrides.update(max_epochs=0, max_steps=-1, num_sanity_val_steps=0, limit_val_batches=0)
     target_tokens = None
     if cfg.regime == "iso_compute":
         full_pool_tokens = sum(datamodule.token_lengths(range(len(datamodule.pool))))
@@ -129,8 +134,11 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             fit_metrics = {**recorded_fit_metrics(resume.checkpoint), **fit_metrics}
         test_metrics: dict[str, float] = {}
         eval_seconds = 0.0
+        icl_record = None
         if cfg.test and not trainer.interrupted:
             eval_start = time.perf_counter()
+            if in_context:
+                icl_record = use_demonstrations(cfg, datamodule)
             tested = call_trainer(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
             test_metrics = {k: float(v) for k, v in tested[0].items()}
             eval_seconds = time.perf_counter() - eval_start
@@ -148,6 +156,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
             ckpt_path,
             warm_record,
         )
+        results["evaluation"] = {"mode": cfg.evaluation.mode, **(icl_record or {})}
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items()})
@@ -183,6 +192,28 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits) -> SelectionDataMod
         cache_dir=cfg.paths.cache_dir,
         **method_cfg,
     )
+
+
+def use_demonstrations(cfg: DictConfig, datamodule: SelectionDataModule) -> dict[str, Any]:
+    """In-context evaluation: the test split's prompts get the ``evaluation.icl.k`` selected examples most
+    similar to each as demonstrations (:mod:`p3bench.eval.icl`); returns what results.json records of it."""
+    from p3bench.embeddings import build_embedder
+    from p3bench.eval.icl import icl_prompts
+
+    icl = cfg.evaluation.icl
+    embedder = build_embedder(str(icl.embedder), **OmegaConf.to_container(icl.embedder_kwargs, resolve=True))
+    prompts = icl_prompts(
+        datamodule.splits.test,
+        datamodule.selected_examples(),
+        k=int(icl.k),
+        embedder=embedder,
+        tokenizer=datamodule.tokenizer,
+        max_length=int(cfg.dataset.max_length),
+        max_new_tokens=int(cfg.dataset.max_new_tokens),
+        cache_dir=cfg.paths.cache_dir,
+    )
+    datamodule.use_test_examples(prompts.examples)
+    return {**prompts.info, "embedding_forward_tokens": prompts.forward_tokens}
 
 
 def restore_selection_state(datamodule: SelectionDataModule, checkpoint: dict[str, Any]) -> None:
@@ -238,6 +269,8 @@ def build_results(
             "budget": cfg.budget,
             "seed": int(cfg.seed),
             "regime": cfg.regime,
+            # the options the method ran with: method.* and the experiment's method_options.<name>
+            "method_options": method_options(cfg)[1],
             "output_dir": str(cfg.paths.output_dir),
             "command": " ".join(sys.argv),
             "resumed_from": resumed_from,
@@ -307,18 +340,23 @@ def execution_report() -> dict[str, Any]:
 
 def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     run, sel, metrics, compute = results["run"], results["selection"], results["metrics"], results["compute"]
-    is_lm = results.get("dataset", {}).get("task") == "lm"
-    levels = [] if is_lm else sorted(k for k in metrics if k.startswith("test/accuracy_level_"))
-    header = ["method", "budget", "examples", "train tokens", "test ppl" if is_lm else "test acc"] + [
-        k.rsplit("_", 1)[-1] for k in levels
-    ]
-    continuous = [k for k in CONTINUOUS_HEADLINES if k in metrics][:1]
+    task = results.get("dataset", {}).get("task")
+    is_lm, is_instruction = task == "lm", task == "instruction"
+    levels = (
+        [] if is_lm or is_instruction else sorted(k for k in metrics if k.startswith("test/accuracy_level_"))
+    )
+    first = "test ppl" if is_lm else "test rouge-l" if is_instruction else "test acc"
+    header = ["method", "budget", "examples", "train tokens", first] + [k.rsplit("_", 1)[-1] for k in levels]
+    beside = INSTRUCTION_BESIDE_HEADLINE if is_instruction else CONTINUOUS_HEADLINES
+    continuous = [k for k in beside if k in metrics][: 2 if is_instruction else 1]
     header += [k.removeprefix("test/").replace("_", " ") for k in continuous]
     header.append("time (s)")
-    score = metrics.get("test/perplexity" if is_lm else "test/accuracy")
+    score = metrics.get("test/perplexity" if is_lm else "test/rouge_l" if is_instruction else "test/accuracy")
     low, high = metrics.get("test/accuracy_ci_low"), metrics.get("test/accuracy_ci_high")
     accuracy = "-" if score is None else f"{score:.3f}"
-    if not is_lm and score is not None and low is not None and high is not None:
+    if is_instruction and score is not None:
+        accuracy += f" ± {metrics.get('test/rouge_l_se', float('nan')):.3f}"
+    elif not is_lm and score is not None and low is not None and high is not None:
         accuracy += f" [{low:.3f}, {high:.3f}]"
     row = [
         run["method"],
@@ -337,6 +375,12 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     if is_lm:
         print(
             f"(test ppl is held-out perplexity, exp of the mean NLL per token)\nrun directory: {output_dir}"
+        )
+    elif is_instruction:
+        print(
+            "(ROUGE-L F1 of the generated responses against the references, then the responses' other metrics "
+            "(docs/results.md), each ± its standard error over test examples)\n"
+            f"run directory: {output_dir}"
         )
     else:
         print(

@@ -247,7 +247,7 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
         line = f"{group}: {', '.join(group_choices(group))}"
         assert line in done.stdout, done.stdout[:2000]
     for line in (
-        "dataset: apps, c4, gsm8k, gutenberg, math, pile, synthetic_math, text_mix, tinyshakespeare",
+        "dataset: alpaca, apps, c4, dolly, gsm8k, gsm8k_instruct, gutenberg, instruction_transfer, math, pile,",
         "model: hf, micro, tiny",
     ):
         assert line in done.stdout, done.stdout[:2000]

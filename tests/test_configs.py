@@ -82,12 +82,32 @@ def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path
     if composed.dataset.name in ("math", "gsm8k", "apps") and composed.model.name != "hf":
         # a real-data experiment: a few hundred problems are enough to check that it runs
         overrides += ["++dataset.params.max_train=300"]
+    if composed.experiment_name.startswith("delift"):
+        # DELIFT on instruction data: a pool of 30, a short warm start, a few test responses
+        overrides += ["dataset.max_new_tokens=8"]
+        if composed.model.get("warm_start"):
+            overrides += ["model.warm_start.steps=5", "model.warm_start.warmup_steps=1"]
+        if composed.dataset.name == "instruction_transfer":
+            overrides += [
+                "dataset.params.pool.params.max_train=30",
+                "dataset.params.target.params.val_size=6",
+            ]
+            overrides += ["dataset.params.target.params.test_size=4"]
+        else:
+            overrides += [
+                "dataset.params.max_train=30",
+                "dataset.params.val_size=6",
+                "dataset.params.test_size=4",
+            ]
+        if "existing" in composed.method:
+            overrides += ["method.existing.max_examples=6"]
     if composed.dataset.name == "apps":
         # the tiny model's programs run in the sandbox: code execution is opt-in
         overrides += ["dataset.params.allow_code_execution=true"]
     cfg = compose_config(overrides, tmp_path, cache_dir)
     # real-data and local text-corpus experiments read ../shared/data (a hub C4 experiment reads its sample)
-    local_data = ("math", "gsm8k", "apps", "c4", "pile", "gutenberg", "tinyshakespeare", "text_mix")
+    local_data = ("math", "gsm8k", "apps", "c4", "pile", "gutenberg", "tinyshakespeare", "text_mix", "alpaca")
+    local_data += ("dolly", "gsm8k_instruct", "instruction_transfer")
     if cfg.dataset.name in local_data and not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     results = train_and_evaluate(cfg)

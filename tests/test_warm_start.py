@@ -215,3 +215,27 @@ def test_a_run_records_its_warm_start_and_a_second_run_loads_it(tmp_path: Path, 
     assert second["model"]["warm_start"]["key"] == warm["key"]
     # loading the weights continues the run exactly as training them did
     assert second["metrics"]["test/loss"] == pytest.approx(first["metrics"]["test/loss"], rel=1e-4)
+
+
+@requires_shared_data
+def test_a_warm_start_can_pre_train_on_another_dataset_than_the_pool():
+    from tests.conftest import SHARED_DATA
+
+    spec = {
+        "dataset": "dolly",
+        "params": {"data_files": str(SHARED_DATA / "dolly/dolly_3k.json"), "val_size": 2, "test_size": 2},
+        "split": "train",
+        "max_examples": 5,
+    }
+    settings = WarmStartSettings(corpus="dataset", dataset=spec)
+    pool = [Example("p0", "q\n", "a")]
+    corpus = settings.corpus_examples(pool)
+    assert len(corpus) == 5 and all(ex.id.startswith("dolly-") for ex in corpus)
+    assert WarmStartSettings().corpus_examples(pool) is pool
+    for kwargs, message in [
+        (dict(corpus="dataset"), "model.warm_start.dataset.dataset is required"),
+        (dict(corpus="dataset", dataset={**spec, "split": "dev"}), "model.warm_start.dataset.split='dev'"),
+        (dict(dataset=spec), "model.warm_start.dataset is set but model.warm_start.corpus=pool"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            WarmStartSettings(**kwargs)

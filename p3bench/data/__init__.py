@@ -11,6 +11,12 @@ DATASETS.register_lazy("synthetic_math", "p3bench.data.synthetic_math:load_synth
 DATASETS.register_lazy("math", "p3bench.data.math:load_math")
 DATASETS.register_lazy("gsm8k", "p3bench.data.gsm8k:load_gsm8k")
 DATASETS.register_lazy("apps", "p3bench.data.apps:load_apps")
+# instructions and reference responses, the instruction task (DELIFT, arXiv 2411.04425)
+DATASETS.register_lazy("alpaca", "p3bench.data.instruction:load_alpaca")
+DATASETS.register_lazy("dolly", "p3bench.data.instruction:load_dolly")
+DATASETS.register_lazy("gsm8k_instruct", "p3bench.data.instruction:load_gsm8k_instruct")
+# a pool from one dataset, the validation (target) and test splits from another: task-specific selection
+DATASETS.register_lazy("instruction_transfer", "p3bench.data.transfer:load_transfer")
 # pre-training text, the lm task (held-out perplexity; arXiv 2402.09668). gutenberg and tinyshakespeare are
 # plain-text files (p3bench.data.text.load_text_files), which text_mix components can also name as text_files
 DATASETS.register_lazy("c4", "p3bench.data.text:load_c4")

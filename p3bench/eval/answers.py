@@ -15,8 +15,9 @@ Checking:
 
 Evaluators: :data:`EVALUATORS` maps a dataset name to a callable ``(generated_text, example) -> bool``.
 ``generated_text`` is the model's continuation only (the text generated after ``example.prompt``), and the
-gold answer is ``example.answer``. The ``perplexity`` evaluator of pre-training text (the ``lm`` task) is
-the exception: it marks the test split as scored by teacher forcing and checks no generated text.
+gold answer is ``example.answer``. The ``perplexity`` evaluator of pre-training text (the ``lm`` task) and the
+``instruction`` evaluator (``p3bench.eval.instruction``: responses scored against references) are the
+exceptions: they mark how the test split is scored and check no generated text.
 """
 
 from __future__ import annotations
@@ -264,6 +265,8 @@ Evaluator = Callable[[str, Example], bool]
 #: ``example.prompt`` (not prompt + continuation); the gold answer is ``example.answer``.
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 EVALUATORS.register_lazy("apps", "p3bench.execution.apps:evaluate_apps")
+# instruction responses are scored against their references in the test step, not checked
+EVALUATORS.register_lazy("instruction", "p3bench.eval.instruction:evaluate_instruction")
 
 
 @EVALUATORS.register("math")

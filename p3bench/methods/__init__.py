@@ -49,6 +49,19 @@ for _name, _target in {
 }.items():
     METHODS.register_lazy(_name, f"p3bench.methods.{_target}")
 
+# DELIFT (arXiv 2411.04425): submodular selection over an in-context utility kernel (one objective per fine-tuning
+# stage), its sentence-embedding variant, and the DEFT-UCS baseline it compares with
+for _name, _cls in {
+    "delift": "DELIFT",
+    "delift_task": "DELIFTTask",
+    "delift_continual": "DELIFTContinual",
+    "delift_se": "DELIFTSE",
+    "delift_se_task": "DELIFTSETask",
+    "delift_se_continual": "DELIFTSEContinual",
+}.items():
+    METHODS.register_lazy(_name, f"p3bench.methods.delift:{_cls}")
+METHODS.register_lazy("deft_ucs", "p3bench.methods.deft_ucs:DeftUCS")
+
 # controls: selections whose answer is known (positive: the budget without planted defects; negative: planted
 # defects over-represented), marked as controls wherever methods are listed; the only methods that may read
 # the datasets' oracle fields (p3bench/methods/controls.py)

@@ -159,6 +159,12 @@ class SelectionDataModule(pl.LightningDataModule):
             self._encoded[split] = encode_examples(getattr(self.splits, split), self.tokenizer)
         return self._encoded[split]
 
+    def use_test_examples(self, examples: Sequence[Example]) -> None:
+        """Evaluate on ``examples`` instead of the test split (the same ids with other prompts: in-context
+        evaluation puts demonstrations before each prompt)."""
+        self.splits.test = list(examples)
+        self._encoded.pop("test", None)
+
     def token_lengths(self, indices: Sequence[int]) -> list[int]:
         """Tokens each pool example at ``indices`` trains on (prompt + target, capped at ``max_length``)."""
         encoded = self.encoded("train")

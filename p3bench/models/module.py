@@ -1,6 +1,6 @@
 """The LightningModule every method trains: per-example target losses, weighted as the method says, and
-on the test split greedy generation for answer checking (qa, code) with teacher-forced continuous metrics,
-or held-out perplexity (lm)."""
+on the test split greedy generation for answer checking (qa, code) or for scoring against the reference
+(instruction) with teacher-forced continuous metrics, or held-out perplexity (lm)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from p3bench.data.example import TASK_KINDS
 from p3bench.errors import ConfigError
 from p3bench.eval.answers import check_all
+from p3bench.eval.instruction import (
+    add_epoch_end_scores,
+    instruction_metrics,
+    instruction_test_records,
+    settings_from_info,
+)
 from p3bench.eval.likelihood import continuous_fields, target_layouts
 from p3bench.execution.metrics import pass_at_k
 from p3bench.models.collate import IGNORE_INDEX
@@ -40,6 +46,9 @@ class SelectionLM(pl.LightningModule):
     the reference solution and its answer by teacher forcing (``p3bench.eval.likelihood``); for the ``lm`` task
     (pre-training text, arXiv 2402.09668) it scores each test document by teacher forcing instead and
     reports held-out perplexity (:func:`perplexity_metrics`), and validation also logs ``val/perplexity``.
+    For the ``instruction`` task the generated responses are scored against the references instead of
+    checked (:mod:`p3bench.eval.instruction`: ROUGE-L per batch; embedding similarity and the optional judge
+    once over all test records at the end of the epoch, with the settings the dataset recorded).
     """
 
     def __init__(
@@ -228,6 +237,11 @@ class SelectionLM(pl.LightningModule):
         if self.task == "lm":
             self.lm_test_step(batch)
             return
+        if self.task == "instruction":
+            texts = self.generate(batch["input_ids"], batch["attention_mask"])
+            continuous = self.continuous_test_fields(batch)
+            self.test_records.extend(instruction_test_records(list(batch["examples"]), texts, continuous))
+            return
         if self.evaluator is None:
             raise RuntimeError("testing needs an evaluator for the dataset's answers")
         check_task_evaluator(self.task, self.evaluator)
@@ -309,10 +323,22 @@ class SelectionLM(pl.LightningModule):
             self.test_records = records
         if self.task == "lm":
             metrics = perplexity_metrics(records)
+        elif self.task == "instruction":
+            if not self.trainer.is_global_zero:
+                return  # the embedder and the judge run once, on the gathered records of global rank zero
+            metrics = self.instruction_epoch_end(records)
         else:
             metrics = {**accuracy_by_level(records), **metric_uncertainty(records)}
         for name, value in metrics.items():
             self.log(f"test/{name}", value, rank_zero_only=True)
+
+    def instruction_epoch_end(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """The instruction task's test metrics: embedding similarity and the judge's scores added to the
+        records (settings from the dataset's ``info``), then every metric's mean and standard error."""
+        splits = getattr(self._datamodule(), "splits", None)
+        settings = settings_from_info(getattr(splits, "info", None))
+        counts = add_epoch_end_scores(records, settings, device=self.device)
+        return {**instruction_metrics(records), **counts}
 
     # optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -439,12 +465,24 @@ def metric_uncertainty(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def check_task_evaluator(task: str, evaluator: Any) -> None:
-    """The lm task is scored by teacher forcing (the ``perplexity`` evaluator, or none); every other task by
-    checking generated text, never by ``perplexity``. A mismatch is a one-line :class:`ConfigError`."""
+    """The lm task is scored by teacher forcing (the ``perplexity`` evaluator, or none), the instruction task
+    against reference responses (the ``instruction`` evaluator, or none); qa and code by checking generated
+    text, never by either of those. A mismatch is a one-line :class:`ConfigError`."""
     if task not in TASK_KINDS:
         raise ConfigError(f"task={task!r} is not a task kind: expected one of {', '.join(TASK_KINDS)}")
     teacher_forced = bool(getattr(evaluator, "teacher_forced", False))
+    reference_scored = bool(getattr(evaluator, "reference_scored", False))
     name = getattr(evaluator, "__name__", type(evaluator).__name__)
+    if task == "instruction" and evaluator is not None and not reference_scored:
+        raise ConfigError(
+            f"the dataset's task is 'instruction' but its evaluator ({name}) does not score responses "
+            "against references: expected dataset.evaluator=instruction"
+        )
+    if task != "instruction" and reference_scored:
+        raise ConfigError(
+            "evaluator 'instruction' scores responses against references but the dataset's task is "
+            f"{task!r}: expected the dataset's own evaluator"
+        )
     if task == "lm" and evaluator is not None and not teacher_forced:
         raise ConfigError(
             f"the dataset's task is 'lm' but its evaluator ({name}) checks generated answers: expected "

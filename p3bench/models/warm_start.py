@@ -7,10 +7,13 @@ so that a document's loss says how hard or how noisy it is, not how far from ran
 tiny model that runs here on a CPU is built from a config with random weights; a ``warm_start`` block in the
 model config pre-trains it first with the plain LM objective, and the run then continues from those weights.
 
-What it trains on (``corpus: pool``, the only choice): the run's train split, every token of each document
+What it trains on (``corpus: pool``, the default): the run's train split, every token of each document
 (prompt and target alike, BOS first, EOS last, cut at ``max_length``), in seeded random passes. The paper
 continues training on the data the model was pre-trained on, so the warm start uses the same pool; the
-validation and test documents stay unseen. A disjoint part of the pool would make the run's pool smaller
+validation and test documents stay unseen. ``corpus: dataset`` pre-trains on another dataset instead
+(``dataset: {dataset: NAME, params: {...}, split: train, max_examples: N}``, :mod:`p3bench.data.named`):
+the setting of fine-tuning a pre-trained model on a pool it has not seen (DELIFT, arXiv 2411.04425, where
+the model-dependent utility kernel needs a model that already answers instructions). A disjoint part of the pool would make the run's pool smaller
 or its data a different one, and would no longer be the paper's setting. Keep ``steps`` short of
 memorising the pool (the provenance records the passes): on the 240 train documents of the c4 sample the
 held-out loss stops improving after about 15 passes while the train loss keeps falling.
@@ -55,7 +58,7 @@ log = logging.getLogger(__name__)
 #: Raised when the training recipe changes, so that cached weights of an older recipe are not reused.
 WARM_START_VERSION = 1
 
-CORPORA = ("pool",)
+CORPORA = ("pool", "dataset")
 RECORD_FILE = "warm_start.json"
 
 
@@ -73,6 +76,8 @@ class WarmStartSettings:
     max_length: int = 256
     seed: int = 0
     corpus: str = "pool"
+    #: ``corpus: dataset``: which dataset (:mod:`p3bench.data.named`)
+    dataset: Any = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length"):
@@ -95,6 +100,22 @@ class WarmStartSettings:
                 f"model.warm_start.corpus={self.corpus!r} is not supported: "
                 f"expected one of {', '.join(CORPORA)}"
             )
+        if self.corpus == "dataset":
+            from p3bench.data.named import check_spec
+
+            check_spec(self.dataset, "model.warm_start.dataset")
+        elif self.dataset is not None:
+            raise ConfigError(
+                "model.warm_start.dataset is set but model.warm_start.corpus=pool: expected corpus=dataset"
+            )
+
+    def corpus_examples(self, pool: Sequence[Example]) -> Sequence[Example]:
+        """The documents it pre-trains on: the run's pool, or the named dataset's split."""
+        if self.corpus == "pool":
+            return pool
+        from p3bench.data.named import examples_from_spec
+
+        return examples_from_spec(self.dataset, "model.warm_start.dataset")
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:

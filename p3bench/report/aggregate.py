@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p3bench.report.runs import RunRecord
-from p3bench.results import CONTINUOUS_HEADLINES, quality_metric
+from p3bench.results import CONTINUOUS_HEADLINES, INSTRUCTION_BESIDE_HEADLINE, TASK_HEADLINES, quality_metric
 
 WHOLE_POOL = "all"
 
@@ -107,6 +107,8 @@ class Section:
     lacking_metric: list[RunRecord] = field(default_factory=list)
     #: the metric reported beside the headline (accuracy beside a continuous one, and the reverse)
     second: tuple[str, bool] | None = None
+    #: further metrics reported after the second, each with its table and comparisons (instructions)
+    also: list[tuple[str, bool]] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -161,7 +163,17 @@ def budget_sort_key(label: str) -> tuple[int, float, str]:
 
 
 LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "nll", "bpb", "error", "seconds", "tokens", "flops")
-HIGHER_IS_BETTER = ("accuracy", "pass@", "test_case_average", "exact_match", "f1", "prob")
+HIGHER_IS_BETTER = (
+    "accuracy",
+    "pass@",
+    "test_case_average",
+    "exact_match",
+    "f1",
+    "prob",
+    "rouge",
+    "similarity",
+    "judge_score",
+)
 
 
 def metric_direction(name: str) -> bool | None:
@@ -192,10 +204,10 @@ def _share_with(runs: list[RunRecord], name: str) -> float:
 def headline_metric(runs: list[RunRecord]) -> tuple[str, bool]:
     """The metric that heads a section's table when none is asked for, and whether higher is better.
 
-    Held-out perplexity for language modelling; for tasks with a checkable answer, test accuracy when the
-    section's mean accuracy is at least :data:`ACCURACY_HEADLINE_FROM` (far from the floor), else the first
-    continuous metric of :data:`CONTINUOUS_HEADLINES` most runs have; the per-run default
-    (:func:`p3bench.results.quality_metric`) otherwise. The other of the two is the section's second metric
+    Held-out perplexity for language modelling, ROUGE-L for instructions; for tasks with a checkable answer,
+    test accuracy when the section's mean accuracy is at least :data:`ACCURACY_HEADLINE_FROM` (far from the
+    floor), else the first continuous metric of :data:`CONTINUOUS_HEADLINES` most runs have; the per-run
+    default (:func:`p3bench.results.quality_metric`) otherwise. The other of the two is the section's second metric
     (:func:`second_metric`), reported beside it."""
     name, higher = Counter(quality_metric(r.results or {}) for r in runs).most_common(1)[0][0]
     if name != "test/accuracy":
@@ -210,9 +222,21 @@ def headline_metric(runs: list[RunRecord]) -> tuple[str, bool]:
     return name, higher
 
 
+def _instruction_beside(runs: list[RunRecord]) -> list[tuple[str, bool]]:
+    return [
+        (name, higher)
+        for name, higher in INSTRUCTION_BESIDE_HEADLINE.items()
+        if _share_with(runs, name) > 0.5
+    ]
+
+
 def second_metric(runs: list[RunRecord], headline: str) -> tuple[str, bool] | None:
     """The metric shown beside the headline: accuracy beside a continuous headline and the reverse (the
-    first continuous metric most runs have); None when there is no such pair."""
+    first continuous metric most runs have); beside ROUGE-L the first of
+    :data:`p3bench.results.INSTRUCTION_BESIDE_HEADLINE` most runs have; None when there is no such pair."""
+    if headline == TASK_HEADLINES["instruction"][0]:
+        beside = _instruction_beside(runs)
+        return beside[0] if beside else None
     if headline in CONTINUOUS_HEADLINES:
         return ("test/accuracy", True) if _share_with(runs, "test/accuracy") > 0.5 else None
     if headline == "test/accuracy":
@@ -222,14 +246,23 @@ def second_metric(runs: list[RunRecord], headline: str) -> tuple[str, bool] | No
     return None
 
 
+def also_metrics(runs: list[RunRecord], headline: str) -> list[tuple[str, bool]]:
+    """The metrics shown after the second one: for a ROUGE-L headline the rest of
+    :data:`p3bench.results.INSTRUCTION_BESIDE_HEADLINE` that most runs have; none for other headlines."""
+    if headline == TASK_HEADLINES["instruction"][0]:
+        return _instruction_beside(runs)[1:]
+    return []
+
+
 def group_runs(
     records: list[RunRecord], metric: str | None = None, higher_is_better: bool | None = None
 ) -> list[Section]:
     """Sections (experiment x dataset x model x regime) of groups (method x budget, and the other settings a
     run was given on the command line) of the finished runs. The compared metric is ``metric`` when given,
-    else the runs' headline quality (test accuracy, or held-out perplexity on language-modelling data; the
-    one most of the section's runs have). Runs whose settings differ beyond seed are never averaged together:
-    when a section holds several such variants, each group's label names the settings it differs by."""
+    else the runs' headline quality (test accuracy, held-out perplexity on language-modelling data, ROUGE-L
+    on instructions; the one most of the section's runs have). Runs whose settings differ beyond seed are
+    never averaged together: when a section holds several such variants, each group's label names the
+    settings it differs by."""
     cells: dict[tuple[str, ...], list[RunRecord]] = defaultdict(list)
     for run in records:
         if run.ok:
@@ -265,5 +298,6 @@ def group_runs(
         ordered = sorted(groups.values(), key=lambda g: (g.method, budget_sort_key(g.budget)))
         section = Section(experiment, dataset, name, higher, ordered, model, regime, lacking)
         section.second = second_metric(runs, name) if metric is None else None
+        section.also = also_metrics(runs, name) if metric is None else []
         sections.append(section)
     return sections

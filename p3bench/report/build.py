@@ -43,7 +43,8 @@ class Report:
     markdown: str
     out_dir: Path
     files: dict[str, list[Path]] = field(default_factory=dict)
-    #: per section (by slug): the paired comparisons on its headline metric, then on its second metric
+    #: per section (by slug): the paired comparisons on its headline metric, then on its second metric and
+    #: the metrics after it
     comparisons: dict[str, list[SectionComparisons]] = field(default_factory=dict)
 
     @property
@@ -120,10 +121,11 @@ def check_references(references: tuple[str, ...], sections: list[Section]) -> No
 def section_comparisons(
     section: Section, references: tuple[str, ...], holm: bool
 ) -> list[SectionComparisons]:
-    """The section's comparisons on its headline metric and, when it has one, on its second metric."""
+    """The section's comparisons on its headline metric and, when it has them, on its second metric and the
+    metrics after it (``section.also``)."""
     found = [compare_section(section, references=references, holm=holm)]
-    if section.second is not None:
-        name, higher = section.second
+    beside = ([section.second] if section.second is not None else []) + list(section.also)
+    for name, higher in beside:
         found.append(compare_section(section, name, higher, references=references, holm=holm))
     return found
 
@@ -169,6 +171,10 @@ METRIC_LABELS = {
     "val/loss": "Validation loss (nats/token)",
     "val/perplexity": "Validation perplexity (exp of mean NLL per token)",
     "train/loss": "Training loss (nats/token)",
+    "test/rouge_l": "Test ROUGE-L F1 of the generated response",
+    "test/embedding_similarity": "Test embedding similarity (cosine, response vs reference)",
+    "test/response_bpb": "Reference response bits per byte (teacher-forced)",
+    "test/judge_score": "Test LLM-judge score (1-5)",
 }
 
 
