@@ -55,6 +55,10 @@ def test_each_query_gets_its_nearest_selected_examples_first_within_the_context(
     assert out.examples[1].prompt.startswith(demonstration_text(1, selected[2]))
     assert out.examples[0].target == test[0].target
     assert out.info["demonstrations_mean"] == 2.0 and out.info["queries_with_fewer_than_k"] == 0
+    for ex in out.examples:  # the joined prompt itself fits, with room for the response
+        prompt = len(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"])
+        response = len(tokenizer(ex.target, add_special_tokens=False)["input_ids"]) + 1
+        assert prompt <= 512 - 1 - max(response, 16)
 
     # a context too short for two demonstrations keeps the nearest that fit, and records it
     own = len(tokenizer(test[0].prompt, add_special_tokens=False)["input_ids"])

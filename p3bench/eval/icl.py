@@ -39,6 +39,10 @@ class ICLPrompts:
     info: dict[str, Any]
 
 
+def _token_count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def demonstration_text(number: int, example: Example) -> str:
     return DEMONSTRATION_TEMPLATE.format(number=number, prompt=example.prompt, response=example.target)
 
@@ -93,6 +97,10 @@ def icl_prompts(
                 break
             parts.append(text)
             used += cost
+
+        # a merge across a boundary can make the whole longer than its parts: drop the least similar then
+        while parts and _token_count(tokenizer, "".join(parts) + example.prompt) > room:
+            parts.pop()
         kept_counts.append(len(parts))
         examples.append(replace(example, prompt="".join(parts) + example.prompt))
     counts = np.asarray(kept_counts)
