@@ -70,6 +70,7 @@ def method_options(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
     if name is None:
         raise ConfigError("method.name is missing: expected the name of a registered method")
     method_cls = METHODS.get(name)
+    accepted = accepted_options(method_cls) - RUN_PROVIDED
     # an experiment's options for one method only (method_options.NAME), so that a sweep over several
     # methods can set them without giving them to the others
     node = cfg.get("method_options")
@@ -82,13 +83,12 @@ def method_options(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
         if not isinstance(block, dict):
             raise ConfigError(f"method_options.{other}={block!r} is invalid: expected a mapping of options")
     for key, value in dict(per_method.get(name) or {}).items():
-        if key in RUN_PROVIDED or key not in accepted_options(method_cls):
+        if key not in accepted:
             raise ConfigError(
                 f"method_options.{name}.{key} is not an option of method {name!r}: expected some of "
-                f"{', '.join(sorted(accepted_options(method_cls) - RUN_PROVIDED))}"
+                f"{', '.join(sorted(accepted))}"
             )
         options[key] = value
-    accepted = accepted_options(method_cls) - RUN_PROVIDED
     for key in options:
         if key in RUN_PROVIDED:
             raise ConfigError(

@@ -31,6 +31,7 @@ from p3bench.results import (
     PREVIOUS_RESULTS_FILE,
     RESULTS_FILE,
     SCHEMA_VERSION,
+    TASK_HEADLINES,
     package_versions,
     selection_rows,
     selection_summary,
@@ -351,7 +352,7 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
     continuous = [k for k in beside if k in metrics][: 2 if is_instruction else 1]
     header += [k.removeprefix("test/").replace("_", " ") for k in continuous]
     header.append("time (s)")
-    score = metrics.get("test/perplexity" if is_lm else "test/rouge_l" if is_instruction else "test/accuracy")
+    score = metrics.get(TASK_HEADLINES.get(task, TASK_HEADLINES["qa"])[0])
     low, high = metrics.get("test/accuracy_ci_low"), metrics.get("test/accuracy_ci_high")
     accuracy = "-" if score is None else f"{score:.3f}"
     if is_instruction and score is not None:

@@ -11,23 +11,24 @@ import pytest
 from p3bench.data.example import Example
 from p3bench.embeddings import build_embedder
 from p3bench.errors import ConfigError
-from p3bench.eval.icl import demonstration_text, icl_prompts, nearest_demonstrations
+from p3bench.eval.icl import demonstration_text, icl_prompts
 from p3bench.models.tokenizer import train_local_tokenizer
 from p3bench.preflight import prepare_run
+from p3bench.scoring.icl_utility_neighbours import nearest_candidates
 from tests.conftest import compose_config
 
 
-def test_nearest_demonstrations_against_a_direct_sort():
+def test_the_nearest_demonstrations_against_a_direct_sort():
     rng = np.random.default_rng(0)
     queries, demos = rng.normal(size=(7, 5)), rng.normal(size=(20, 5))
     demos[3] = demos[4]  # a tie: the lower position first
-    got = nearest_demonstrations(queries, demos, 4)
+    got = nearest_candidates(queries, demos, 4)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     sims = unit(queries) @ unit(demos).T
     for row in range(7):
         expected = sorted(range(20), key=lambda j: (-round(float(sims[row, j]), 6), j))[:4]
         assert got[row].tolist() == expected
-    assert nearest_demonstrations(queries, demos[:2], 5).shape == (7, 2)
+    assert nearest_candidates(queries, demos[:2], 5).shape == (7, 2)
 
 
 def _examples(prefix: str, topics: list[str]) -> list[Example]:

@@ -16,16 +16,16 @@ SPEC_KEYS = ("dataset", "params", "split", "max_examples")
 SPLITS = ("train", "validation", "test")
 
 
-def check_spec(spec: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
-    """The block at config key ``key``, checked: a dataset name, known keys, a known split, a count."""
+def check_spec(spec: Mapping[str, Any] | None, key: str, keys: tuple[str, ...] = SPEC_KEYS) -> dict[str, Any]:
+    """The block at config key ``key``, checked: a dataset name, known ``keys``, a known split, a count."""
     spec = dict(spec or {})
     if not spec.get("dataset"):
         raise ConfigError(
             f"{key}.dataset is required: expected the name of a dataset, e.g. {key}.dataset=alpaca"
         )
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    unknown = sorted(set(spec) - set(keys))
     if unknown:
-        raise ConfigError(f"{key} has unknown keys {unknown}: expected some of {', '.join(SPEC_KEYS)}")
+        raise ConfigError(f"{key} has unknown keys {unknown}: expected some of {', '.join(keys)}")
     split = str(spec.get("split") or "train")
     if split not in SPLITS:
         raise ConfigError(f"{key}.split={split!r} is not supported: expected one of {', '.join(SPLITS)}")

@@ -20,19 +20,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from p3bench.data.example import DatasetSplits
+from p3bench.data.named import check_spec
 from p3bench.errors import ConfigError
 
 
 def _component(role: str, spec: Mapping[str, Any] | None) -> DatasetSplits:
     from p3bench.data import load_dataset_splits
 
-    spec = dict(spec or {})
-    name = spec.get("dataset")
-    if not name:
-        raise ConfigError(f"dataset.params.{role}.dataset is required: expected a dataset name, e.g. alpaca")
-    unknown = sorted(set(spec) - {"dataset", "params"})
-    if unknown:
-        raise ConfigError(f"dataset.params.{role} has unknown keys {unknown}: expected dataset and params")
+    spec = check_spec(spec, f"dataset.params.{role}", keys=("dataset", "params"))
+    name = spec["dataset"]
     if name == "instruction_transfer":
         raise ConfigError(f"dataset.params.{role}.dataset=instruction_transfer cannot nest itself")
     return load_dataset_splits(str(name), **dict(spec.get("params") or {}))

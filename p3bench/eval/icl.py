@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from p3bench.data.example import Example
 from p3bench.embeddings import Embedder, cached_embeddings_counted
+from p3bench.scoring.icl_utility_neighbours import nearest_candidates
 
 #: how a demonstration is written before the query (the public code's layout)
 DEMONSTRATION_TEMPLATE = "Example {number}:\n{prompt}{response}\n"
@@ -47,23 +48,6 @@ def demonstration_text(number: int, example: Example) -> str:
     return DEMONSTRATION_TEMPLATE.format(number=number, prompt=example.prompt, response=example.target)
 
 
-def nearest_demonstrations(query_vectors: np.ndarray, demo_vectors: np.ndarray, k: int) -> np.ndarray:
-    """For each query row, the positions of the ``k`` most cosine-similar demonstration rows, most similar
-    first (ties: the lower position)."""
-    q = np.asarray(query_vectors, dtype=np.float32)
-    d = np.asarray(demo_vectors, dtype=np.float32)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    k = min(k, d.shape[0])
-    out = np.empty((q.shape[0], k), dtype=np.int64)
-    positions = np.arange(d.shape[0])
-    for start in range(0, q.shape[0], 1024):
-        sims = q[start : start + 1024] @ d.T
-        for row, values in enumerate(sims):
-            out[start + row] = np.lexsort((positions, -values))[:k]
-    return out
-
-
 def icl_prompts(
     test: Sequence[Example],
     selected: Sequence[Example],
@@ -81,18 +65,19 @@ def icl_prompts(
     queries = [ex.prompt for ex in test]
     demos = [ex.prompt + ex.target for ex in selected]
     vectors, tokens = cached_embeddings_counted(embedder, [*queries, *demos], cache_dir)
-    nearest = nearest_demonstrations(vectors[: len(queries)], vectors[len(queries) :], k)
+    # most similar first, ties to the lower position (the kernel's neighbour search)
+    nearest = nearest_candidates(vectors[: len(queries)], vectors[len(queries) :], k)
     examples: list[Example] = []
     kept_counts: list[int] = []
     for example, positions in zip(test, nearest, strict=True):
-        own = len(tokenizer(example.prompt, add_special_tokens=False)["input_ids"])
-        response = len(tokenizer(example.target, add_special_tokens=False)["input_ids"]) + 1  # and EOS
+        own = _token_count(tokenizer, example.prompt)
+        response = _token_count(tokenizer, example.target) + 1  # and EOS
         room = max_length - 1 - max(response, max_new_tokens)
         parts: list[str] = []
         used = own
         for number, position in enumerate(positions.tolist(), start=1):
             text = demonstration_text(number, selected[position])
-            cost = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            cost = _token_count(tokenizer, text)
             if used + cost > room:
                 break
             parts.append(text)

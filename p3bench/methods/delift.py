@@ -124,6 +124,7 @@ class SubmodularSelection(SelectionDataModule):
         self.max_targets = max_targets
         self.progress = bool(progress)
         self.existing_cfg = dict(existing or {})
+        self._sentence_embedder: Any = None
         if self.stage == "task" and not self.target:
             raise ConfigError(
                 f"method.stage=task needs a target set: dataset={self.splits.name!r} has an empty validation "
@@ -139,6 +140,14 @@ class SubmodularSelection(SelectionDataModule):
         """``s[i, j]`` for ``rows`` i (covered) and ``columns`` j (candidates), scaled into [0, 1]: a dense
         array or a CSR matrix, the forward tokens it took and what to record about it."""
         raise NotImplementedError
+
+    def sentence_embedder(self) -> Any:
+        """The method's sentence embedder (``embedder``, ``embedder_kwargs``), built once: the pool's kernel
+        and the target's or existing data's use the same one."""
+        if self._sentence_embedder is None:
+            options = {"progress": self.progress, **self.embedder_kwargs}
+            self._sentence_embedder = build_embedder(self.embedder, **options)
+        return self._sentence_embedder
 
     # the sets ------------------------------------------------------------------------------------------------
     def targets(self) -> list[Example]:
@@ -227,18 +236,12 @@ class SubmodularSelection(SelectionDataModule):
         }
         if objective == "flmi":
             query = extra["query_kernel"]
-            best = np.asarray(
-                query[:, chosen].max(axis=1).todense()
-                if sparse.issparse(query)
-                else query[:, chosen].max(axis=1)
-            )
-            coverage = [
-                float(np.asarray(dense(query[:, rng.choice(n, size=k, replace=False)])).max(axis=1).mean())
-                for _ in range(RANDOM_SUBSETS)
-            ]
-            check.update(
-                target_coverage=float(np.mean(best)), random_target_coverage=float(np.mean(coverage))
-            )
+
+            def coverage(indices: np.ndarray) -> float:  # mean over targets of the best utility in the pick
+                return float(dense(query[:, indices]).max(axis=1).mean())
+
+            randoms = [coverage(rng.choice(n, size=k, replace=False)) for _ in range(RANDOM_SUBSETS)]
+            check.update(target_coverage=coverage(chosen), random_target_coverage=float(np.mean(randoms)))
         return check
 
 
@@ -295,9 +298,7 @@ class DELIFT(SubmodularSelection):
 
         if ctx.module is None:
             raise RuntimeError("method=delift needs the model being fine-tuned; run it through the Trainer")
-        embedder = None
-        if self.neighbours is not None:
-            embedder = build_embedder(self.embedder, **{"progress": self.progress, **self.embedder_kwargs})
+        embedder = None if self.neighbours is None else self.sentence_embedder()
         result = icl_utility_kernel(
             ctx.module.model,
             self.tokenizer,
@@ -364,7 +365,7 @@ class DELIFTSE(SubmodularSelection):
                 f"({size / 1024**3:.1f} GiB), over method.max_kernel_bytes={self.max_kernel_bytes}: use a "
                 "smaller pool or raise the limit"
             )
-        model = build_embedder(self.embedder, **{"progress": self.progress, **self.embedder_kwargs})
+        model = self.sentence_embedder()
         same = columns is rows  # the pool x pool kernel: the pool embedded once
         views = [kernel_view(ex) for ex in (rows if same else (*rows, *columns))]
         texts = [example_text(ex.prompt, ex.target, self.text_field) for ex in views]

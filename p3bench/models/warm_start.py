@@ -10,11 +10,12 @@ model config pre-trains it first with the plain LM objective, and the run then c
 What it trains on (``corpus: pool``, the default): the run's train split, every token of each document
 (prompt and target alike, BOS first, EOS last, cut at ``max_length``), in seeded random passes. The paper
 continues training on the data the model was pre-trained on, so the warm start uses the same pool; the
-validation and test documents stay unseen. ``corpus: dataset`` pre-trains on another dataset instead
-(``dataset: {dataset: NAME, params: {...}, split: train, max_examples: N}``, :mod:`p3bench.data.named`):
-the setting of fine-tuning a pre-trained model on a pool it has not seen (DELIFT, arXiv 2411.04425, where
-the model-dependent utility kernel needs a model that already answers instructions). A disjoint part of the pool would make the run's pool smaller
-or its data a different one, and would no longer be the paper's setting. Keep ``steps`` short of
+validation and test documents stay unseen. A disjoint part of the pool would make the run's pool smaller
+or its data a different one, and would no longer be the paper's setting. ``corpus: dataset`` pre-trains on
+another dataset instead (``dataset: {dataset: NAME, params: {...}, split: train, max_examples: N}``,
+:mod:`p3bench.data.named`): the setting of fine-tuning a pre-trained model on a pool it has not seen
+(DELIFT, arXiv 2411.04425, whose model-dependent utility kernel needs a model that already answers
+instructions). Keep ``steps`` short of
 memorising the pool (the provenance records the passes): on the 240 train documents of the c4 sample the
 held-out loss stops improving after about 15 passes while the train loss keeps falling.
 

@@ -27,8 +27,9 @@ from p3bench.scoring.icl_utility_tokens import embedding_text
 def nearest_candidates(
     target_vectors: np.ndarray, candidate_vectors: np.ndarray, k: int, *, block: int = 1024
 ) -> np.ndarray:
-    """The ``k`` candidates of highest cosine similarity to each target, (n_targets, k) int64, nearest
-    first; ties go to the lower index. Computed in float32 row blocks (no n x n matrix in memory)."""
+    """The ``k`` candidates of highest cosine similarity to each target, (n_targets, min(k, n_candidates))
+    int64, nearest first; ties go to the lower index. Computed in float32 row blocks (no n x n matrix in
+    memory)."""
 
     def unit(vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -40,6 +41,7 @@ def nearest_candidates(
             f"icl_utility_kernel: embeddings of shapes {targets.shape} and {candidates.shape} do not match: "
             "expected (n_targets, d) and (n_candidates, d)"
         )
+    k = min(k, len(candidates))
     out = np.empty((len(targets), k), dtype=np.int64)
     for start in range(0, len(targets), block):
         similarity = targets[start : start + block] @ candidates.T
@@ -66,9 +68,11 @@ def _find_neighbours(
             )
         return nearest_candidates(target_vectors, candidate_vectors, k), 0
     model = resolve_embedder(embedder, progress)
-    texts = [embedding_text(ex) for ex in (*targets, *candidates)]
+    same = candidates is targets  # a pool x pool kernel: the pool embedded once
+    texts = [embedding_text(ex) for ex in (targets if same else (*targets, *candidates))]
     vectors, tokens = cached_embeddings_counted(model, texts, cache_dir)
-    return nearest_candidates(vectors[: len(targets)], vectors[len(targets) :], k), int(tokens)
+    left, right = (vectors, vectors) if same else (vectors[: len(targets)], vectors[len(targets) :])
+    return nearest_candidates(left, right, k), int(tokens)
 
 
 def resolve_embedder(embedder: Embedder | str | None, progress: bool) -> Embedder:
