@@ -9,6 +9,10 @@ every model it trains or runs, each with its own ``N``:
 - ``selection_forward``: a model run over the pool to select (the run's model in a scoring pass, MiniLM
   embedding the pool, an Ask-LLM judge, a perplexity proxy, a reference model), ``2N`` x the tokens it
   processed (``selection.rounds[].forward_tokens`` are these tokens);
+- ``selection_backward``: backward passes a selection method runs without training a model for its own
+  sake (a one-step look-ahead, per-example gradients for gradient alignment), ``4N`` x the tokens they went
+  through: the backward half of a training step. Their forward passes are ``selection_forward`` tokens, so
+  a look-ahead step on ``t`` tokens is ``2N t`` forward plus ``4N t`` backward, as one training step is;
 - ``selection_train``: a model trained in order to select (a local stand-in for a hub scorer, a reference
   model of the loss filters), ``6N`` x its training tokens. It is counted in every run that uses the model,
   whether the run trained it or a cache served it, as the forward tokens are: the compute belongs to the
@@ -57,7 +61,8 @@ log = logging.getLogger(__name__)
 
 #: FLOPs per parameter and token: a forward pass, and a training step (forward and backward)
 FORWARD_FLOPS_PER_PARAMETER = 2
-TRAINING_FLOPS_PER_PARAMETER = 6
+BACKWARD_FLOPS_PER_PARAMETER = 4
+TRAINING_FLOPS_PER_PARAMETER = FORWARD_FLOPS_PER_PARAMETER + BACKWARD_FLOPS_PER_PARAMETER
 #: what ``compute.flops_estimate`` says in results.json
 ESTIMATE = (
     "2N FLOPs per forward token, 6N per training token; N = non-embedding parameters (arXiv 2001.08361)"
@@ -67,10 +72,15 @@ ESTIMATE = (
 ROLES: dict[str, int] = {
     "train": TRAINING_FLOPS_PER_PARAMETER,
     "selection_forward": FORWARD_FLOPS_PER_PARAMETER,
+    "selection_backward": BACKWARD_FLOPS_PER_PARAMETER,
     "selection_train": TRAINING_FLOPS_PER_PARAMETER,
     "warm_start": TRAINING_FLOPS_PER_PARAMETER,
 }
-SELECTION_ROLES = ("selection_forward", "selection_train")
+#: the role names, for ``ComputeLedger.add``
+SELECTION_FORWARD = "selection_forward"
+SELECTION_BACKWARD = "selection_backward"
+SELECTION_TRAIN = "selection_train"
+SELECTION_ROLES = (SELECTION_FORWARD, SELECTION_BACKWARD, SELECTION_TRAIN)
 #: the component name of the model the run trains (its scoring passes are also this model's)
 RUN_MODEL = "run_model"
 
@@ -253,6 +263,18 @@ def record_embedding(ledger: ComputeLedger, embedder: Any, tokens: int) -> None:
     ledger.add(f"embedder:{name}", "selection_forward", model_size(model), int(tokens))
 
 
+def selection_backward_tokens(rounds: Iterable[Any]) -> int:
+    """The tokens of every round's ``selection_backward`` components (``rounds``: records with ``compute``,
+    as :class:`p3bench.methods.base.RoundRecord` or its dict)."""
+    total = 0
+    for record in rounds:
+        components = (
+            record.get("compute") if isinstance(record, Mapping) else getattr(record, "compute", None)
+        )
+        total += sum(int(c["tokens"]) for c in components or [] if c["role"] == SELECTION_BACKWARD)
+    return total
+
+
 def compute_summary(ledger: ComputeLedger) -> dict[str, Any]:
     """What results.json's ``compute`` holds about FLOPs: ``components`` (the ledger), ``train_flops``,
     ``selection_flops`` (forward and training of the selection's models), ``total_flops`` (their sum),
@@ -308,6 +330,10 @@ __all__ = [
     "ESTIMATE",
     "RUN_MODEL",
     "ROLES",
+    "SELECTION_BACKWARD",
+    "SELECTION_FORWARD",
+    "SELECTION_ROLES",
+    "SELECTION_TRAIN",
     "ComputeComponent",
     "ComputeLedger",
     "ModelSize",
@@ -318,5 +344,6 @@ __all__ = [
     "record_embedding",
     "role_flops",
     "run_compute",
+    "selection_backward_tokens",
     "training_flops",
 ]

@@ -247,6 +247,7 @@ def prepare_run(cfg: DictConfig, hand_off: bool = False) -> PreparedRun:
         resume = find_resume_checkpoint(cfg.ckpt_path, Path(cfg.paths.output_dir))
         check_identity(resume.checkpoint, identity, str(cfg.ckpt_path), resume.path)
     method_cls, options = method_options(cfg)
+    check_rounds_schedule(cfg, method_cls, options)
     check_trainer_arguments(cfg)
     splits = load_splits(cfg, hand_off=hand_off)
     check_evaluation_mode(cfg, method_cls, options, splits.task)
@@ -255,6 +256,42 @@ def prepare_run(cfg: DictConfig, hand_off: bool = False) -> PreparedRun:
 
         planted_defects(splits.train, str(cfg.method.name), splits.name)
     return PreparedRun(method_cls, options, splits, identity, resume)
+
+
+def option_default(method_cls: type, options: Mapping[str, Any], key: str) -> Any:
+    """The value of the method option ``key``: the configured one, else the nearest constructor default up
+    the class's bases (None when no constructor gives one)."""
+    if key in options:
+        return options[key]
+    for klass in method_cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        parameter = inspect.signature(init).parameters.get(key) if init is not None else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
+
+
+def check_rounds_schedule(cfg: DictConfig, method_cls: type, options: Mapping[str, Any]) -> None:
+    """Rounds every ``method.reselect_every_n_steps`` optimiser steps: an integer >= 0, not together with
+    per-epoch rounds, and batches drawn in the training process (``loader.num_workers=0``), so that each
+    batch is drawn after the previous optimiser step and a new round starts at its step."""
+    from p3bench.methods.base import check_reselect_every_n_steps
+
+    steps = check_reselect_every_n_steps(options.get("reselect_every_n_steps", 0))
+    if not steps:
+        return
+    epochs = option_default(method_cls, options, "reselect_every_n_epochs")
+    if isinstance(epochs, int) and epochs > 0:
+        raise ConfigError(
+            f"method.reselect_every_n_steps={steps} and method.reselect_every_n_epochs={epochs} are both set: "
+            "a method re-selects on one schedule (set method.reselect_every_n_epochs=0)"
+        )
+    workers = cfg.loader.get("num_workers", 0)
+    if workers != 0:
+        raise ConfigError(
+            f"method.reselect_every_n_steps={steps} needs loader.num_workers=0: worker processes draw batches "
+            f"ahead of the optimiser step, so a re-selection would miss its step (got {workers})"
+        )
 
 
 def check_evaluation_mode(cfg: DictConfig, method_cls: type, options: Mapping[str, Any], task: str) -> None:
@@ -271,6 +308,13 @@ def check_evaluation_mode(cfg: DictConfig, method_cls: type, options: Mapping[st
         raise ConfigError(
             f"evaluation.icl.embedder={embedder!r} is not a sentence embedder: expected one of "
             f"{', '.join(EMBEDDERS.names())}{suggestion}"
+        )
+    steps = options.get("reselect_every_n_steps", 0)
+    if steps:
+        raise ConfigError(
+            f"evaluation.mode=icl needs a static method: method {cfg.method.name!r} re-selects every {steps} "
+            "optimiser step(s) with the model it trains (set method.reselect_every_n_steps=0 or "
+            "evaluation.mode=finetune)"
         )
     every = options.get("reselect_every_n_epochs")
     if every is None:

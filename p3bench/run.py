@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from p3bench.callbacks import RunState, TokenBudget
 from p3bench.checkpoints import AtomicCheckpointIO
-from p3bench.compute import model_size, run_compute
+from p3bench.compute import model_size, run_compute, selection_backward_tokens
 from p3bench.data import DatasetSplits
 from p3bench.errors import Interrupted
 from p3bench.eval.answers import EVALUATORS
@@ -101,9 +101,12 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(SelectionMetrics())  # each selection round's selection/* metrics, to every logger
     callbacks.append(RunState(prepared.identity))  # what a resume checks and reports, in every checkpoint
     trainer_overrides: dict[str, Any] = {
-        # a dynamic method reloads every epoch and maps the epoch to its round itself, so resuming at any
-        # epoch keeps rounds in phase
-        "reload_dataloaders_every_n_epochs": 1 if datamodule.is_dynamic else 0,
+        # a per-epoch dynamic method reloads every epoch and maps the epoch to its round itself, so resuming
+        # at any epoch keeps rounds in phase; a step-scheduled one keeps one loader whose sampler switches
+        # rounds at their optimiser step (p3bench.models.step_sampler)
+        "reload_dataloaders_every_n_epochs": 1
+        if datamodule.is_dynamic and not datamodule.is_step_scheduled
+        else 0,
         # the datamodule shards training batches across processes itself (length-grouped batches)
         "use_distributed_sampler": False,
     }
@@ -305,6 +308,8 @@ def build_results(
             "optimizer_steps": int(trainer.global_step),
             "epochs_completed": int(trainer.current_epoch),
             "selection_forward_tokens": sum(r["forward_tokens"] for r in selection["rounds"]),
+            # backward passes of the selection (look-ahead steps, per-example gradients): 4N FLOPs a token
+            "selection_backward_tokens": selection_backward_tokens(datamodule.rounds),
             # FLOPs by model and role (components), train_flops, selection_flops, total_flops: p3bench.compute
             **run_compute(
                 datamodule.rounds,

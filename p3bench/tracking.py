@@ -114,10 +114,12 @@ class SelectionMetrics(pl.Callback):
     """Log each selection round's ``selection/*`` metrics (:func:`round_metrics`) to every logger of the
     trainer, on global rank zero, once per round.
 
-    A static method's round 0 is selected in the datamodule's ``setup``; a dynamic method selects when
-    Lightning (re)loads the train dataloader, which its fit loop does just before ``on_train_epoch_start``.
-    So new rounds are logged there, at the step that epoch starts from, which keeps the logged steps in
-    Lightning's order. The rounds logged are checkpointed: a resumed run does not log the restored ones again.
+    A static method's round 0 is selected in the datamodule's ``setup``; a per-epoch dynamic method selects
+    when Lightning (re)loads the train dataloader, which its fit loop does just before
+    ``on_train_epoch_start``. So new rounds are logged there, at the step that epoch starts from, which keeps
+    the logged steps in Lightning's order. A step-scheduled method selects when the first batch of a round is
+    drawn; that round is logged at the next ``on_train_batch_start``, at its own step. The rounds logged are
+    checkpointed: a resumed run does not log the restored ones again.
     """
 
     def __init__(self) -> None:
@@ -129,6 +131,14 @@ class SelectionMetrics(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.log_new_rounds(trainer)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # a step-scheduled round is selected when its first batch is drawn, just before this hook
+        rounds = getattr(trainer.datamodule, "rounds", None)
+        if rounds and len(rounds) != len(self.logged_rounds):
+            self.log_new_rounds(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.log_new_rounds(trainer)  # any round recorded after the last epoch start

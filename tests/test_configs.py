@@ -79,6 +79,16 @@ def test_every_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path
     if "dpp" in composed.method and composed.method.dpp.enabled:
         # the packaged MiniLM embedder is tested on its own; TF-IDF keeps this check fast
         overrides += ["method.dpp.embedder=tfidf"]
+    if composed.dataset.name == "slimpajama":
+        # the multi-agent paper's setting (SlimPajama from the hub, a 1.3B model, hub classifiers, a GPU): the
+        # method with its default agents on the local Pile sample with the tiny model, no downloads
+        overrides += ["dataset=pile", "model=tiny", "trainer=default", "offline=true"]
+        overrides += ["~method_options.multi_agent", "dataset.max_length=128", "loader.batch_size=16"]
+        overrides += ["trainer.accumulate_grad_batches=1"]
+    if composed.method.name.startswith("multi_agent"):
+        # the agents' labels kept cheap: a 5-step perplexity stand-in and TF-IDF topics
+        overrides += ["+method.agent_options.quality.scorer_options.standin.steps=5"]
+        overrides += ["method.agent_options.topic.embedder=tfidf"]
     if composed.dataset.name in ("math", "gsm8k", "apps") and composed.model.name != "hf":
         # a real-data experiment: a few hundred problems are enough to check that it runs
         overrides += ["++dataset.params.max_train=300"]

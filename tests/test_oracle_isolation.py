@@ -296,6 +296,14 @@ SMALL_SETTINGS: dict[str, list[str]] = {
     "loss_filters": ["method.scorer.steps=4"],
     "rho_loss": ["method.reference.steps=4"],
     "coverage": ["coverage_embedder.name=tfidf", "+coverage_embedder.kwargs.dim=16"],
+    # a round every 2 steps, the domain agent on synthetic_math's problem type, TF-IDF topics, a short stand-in
+    "multi_agent": [
+        "method.reselect_every_n_steps=2",
+        "method.agent_options.domain.field=type",
+        "method.agent_options.topic.embedder=tfidf",
+        "+method.agent_options.topic.embedder_kwargs.dim=16",
+        "+method.agent_options.quality.scorer_options.standin.steps=5",
+    ],
 }
 SMALL_RUN = [
     "debug=smoke",
@@ -324,6 +332,8 @@ def small_settings(name: str, method_config: Any) -> list[str]:
         overrides += SMALL_SETTINGS["coverage"]
     if "dpp" in method_config and method_config.dpp.enabled:
         overrides += ["method.dpp.embedder=tfidf"]
+    if name.startswith("multi_agent"):
+        overrides += SMALL_SETTINGS["multi_agent"]
     return overrides
 
 

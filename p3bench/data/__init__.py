@@ -24,6 +24,8 @@ DATASETS.register_lazy("pile", "p3bench.data.text:load_pile")
 DATASETS.register_lazy("gutenberg", "p3bench.data.text:load_gutenberg")
 DATASETS.register_lazy("tinyshakespeare", "p3bench.data.text:load_tinyshakespeare")
 DATASETS.register_lazy("text_mix", "p3bench.data.text:load_text_mix")
+# SlimPajama from the hub (the pool of multi-agent selection, arXiv 2410.08102), its source set as the domain
+DATASETS.register_lazy("slimpajama", "p3bench.data.slimpajama:load_slimpajama")
 
 
 def load_dataset_splits(name: str, **params) -> DatasetSplits:

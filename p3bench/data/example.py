@@ -30,6 +30,14 @@ class Example:
 
 
 ORACLE_META_KEYS = ("is_noisy", "dup_group", "is_junk", "is_duplicate", "clean_answer")
+
+
+def is_oracle_field(name: object) -> bool:
+    """Whether ``name`` is an oracle meta key: configuration checks use it to refuse a field that no
+    selection method may read."""
+    return name in ORACLE_META_KEYS
+
+
 #: the datasets that plant defects and record them in oracle fields (what the controls need)
 ORACLE_DATASETS = ("synthetic_math", "text_mix")
 

@@ -223,9 +223,12 @@ def lm_splits(
     return DatasetSplits(name=name, task="lm", train=train, validation=validation, test=test, info=info)
 
 
-def _documents_by_split(
+def documents_by_split(
     name: str, records: Mapping[str, list[dict]], extract: Extractor, labels: Mapping[str, str]
 ) -> tuple[dict[str, list[Example]], int]:
+    """The non-empty documents of each split's validated records (ids ``{name}-{index}`` for train,
+    ``{name}-{split}-{index}`` otherwise; ``meta.source`` the split's label, ``name`` without one) and the
+    count of empty ones over all splits."""
     documents: dict[str, list[Example]] = {}
     n_empty = 0
     for split, rows in records.items():
@@ -233,6 +236,11 @@ def _documents_by_split(
         documents[split], empty = _to_documents(rows, extract, prefix, labels.get(split, name))
         n_empty += empty
     return documents, n_empty
+
+
+def domain_counts(examples: Iterable[Example]) -> dict[str | None, int]:
+    """``{meta.domain: number of examples}``, sorted by domain."""
+    return dict(sorted(Counter(ex.meta["domain"] for ex in examples).items()))
 
 
 # ---------------------------------------------------------------------------------------------------- C4
@@ -280,7 +288,7 @@ def load_c4(
         extract=extract,
         skip_bad=skip_bad,
     )
-    documents, n_empty = _documents_by_split("c4", records, extract, labels)
+    documents, n_empty = documents_by_split("c4", records, extract, labels)
     info = {
         "source": source,
         "n_records": sum(len(rows) for rows in records.values()),
@@ -355,7 +363,7 @@ def load_pile(
         extract=_pile_extract,
         skip_bad=skip_bad,
     )
-    documents, n_empty = _documents_by_split("pile", records, _pile_extract, labels)
+    documents, n_empty = documents_by_split("pile", records, _pile_extract, labels)
     n_documents = sum(len(rows) for rows in documents.values())
     documents = _filter_domains(documents, domains)
     info = {
@@ -364,9 +372,7 @@ def load_pile(
         "n_skipped": n_skipped,
         "n_empty": n_empty,
         "n_filtered_out": n_documents - sum(len(rows) for rows in documents.values()),
-        "domains": dict(
-            sorted(Counter(ex.meta["domain"] for rows in documents.values() for ex in rows).items())
-        ),
+        "domains": domain_counts(ex for rows in documents.values() for ex in rows),
     }
     return lm_splits(
         "pile",
@@ -970,6 +976,6 @@ def load_text_mix(
         "junk_rate": junk_rate,
         "seed": seed,
         **planted,
-        "domains": dict(sorted(Counter(ex.meta["domain"] for ex in train).items())),
+        "domains": domain_counts(train),
     }
     return DatasetSplits(name="text_mix", task="lm", train=train, validation=validation, test=test, info=info)

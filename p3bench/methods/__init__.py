@@ -62,6 +62,21 @@ for _name, _cls in {
     METHODS.register_lazy(_name, f"p3bench.methods.delift:{_cls}")
 METHODS.register_lazy("deft_ucs", "p3bench.methods.deft_ucs:DeftUCS")
 
+# multi-agent collaborative selection (arXiv 2410.08102): quality, domain and topic agents mixed by a console
+# that learns during training, re-selecting every U optimiser steps; each agent alone, each pair, and fixed
+# equal mixing without the collaborative update
+for _name, _cls in {
+    "multi_agent": "MultiAgent",
+    "multi_agent_quality": "MultiAgentQuality",
+    "multi_agent_domain": "MultiAgentDomain",
+    "multi_agent_topic": "MultiAgentTopic",
+    "multi_agent_quality_domain": "MultiAgentQualityDomain",
+    "multi_agent_quality_topic": "MultiAgentQualityTopic",
+    "multi_agent_domain_topic": "MultiAgentDomainTopic",
+    "multi_agent_fixed": "MultiAgentFixed",
+}.items():
+    METHODS.register_lazy(_name, f"p3bench.methods.multi_agent:{_cls}")
+
 # controls: selections whose answer is known (positive: the budget without planted defects; negative: planted
 # defects over-represented), marked as controls wherever methods are listed; the only methods that may read
 # the datasets' oracle fields (p3bench/methods/controls.py)

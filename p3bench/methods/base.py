@@ -3,12 +3,18 @@ and decides what the trainer sees, in which round, and with what weight.
 
 - Static methods select once, in ``setup``, with the initial model available in the context.
 - Dynamic methods set ``reselect_every_n_epochs``; the run's Trainer then reloads the train dataloader on
-  that schedule and ``select`` is called again with the current model (P3, multi-agent selection).
+  that schedule and ``select`` is called again with the current model (P3).
+- Step-scheduled methods set ``reselect_every_n_steps`` instead: round ``r`` is selected at the first batch
+  drawn at optimiser step ``r * reselect_every_n_steps``, inside an epoch, with grad enabled and the training
+  optimiser in ``ctx.optimizer`` (multi-agent selection; :mod:`p3bench.models.step_sampler`).
 - In-batch reweighting methods override ``reweight`` (IR-DRO, MidRanking): it receives the detached
   per-example losses of a batch and returns the coefficients of the training loss.
 - Methods that need a target set (DELIFT) read ``self.target`` (the validation split by default).
 - The selection history (every round's ids, weights, scores) and ``method_state`` are in ``state_dict``,
-  so a run resumed from a checkpoint continues with the same selection state.
+  with where the data order was, so a run resumed from a checkpoint, even one taken mid-epoch, continues
+  with the same selection state and the same batches.
+- All selection randomness comes from ``ctx.rng`` or generators the method seeds, never the global RNGs,
+  which Lightning does not checkpoint.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from p3bench.compute import ComputeLedger
 from p3bench.data.example import DatasetSplits, Example
+from p3bench.errors import ConfigError
 from p3bench.methods.budget import resolve_budget
 from p3bench.models.collate import (
     EncodedPool,
@@ -37,6 +45,12 @@ from p3bench.models.collate import (
     encode_examples,
 )
 from p3bench.models.sampler import LengthGroupedBatchSampler
+from p3bench.models.step_sampler import (
+    ResumableDataLoader,
+    RoundsDataset,
+    StepScheduledBatchSampler,
+    StreamPosition,
+)
 from p3bench.scoring.base import ScoringItems
 from p3bench.utils.hashing import ids_sha256
 
@@ -64,6 +78,9 @@ class SelectionContext:
     rng: np.random.Generator
     module: Any | None
     cache_dir: Path | None
+    #: the training optimiser (``trainer.optimizers[0]``) while fitting, else None; a method may read its
+    #: state (a look-ahead step from the training moments) but must leave it untouched
+    optimizer: torch.optim.Optimizer | None = None
 
 
 @dataclass
@@ -106,6 +123,7 @@ class SelectionDataModule(pl.LightningDataModule):
         reselect_every_n_epochs: int = 0,
         length_grouping: int = 50,
         cache_dir: str | Path | None = None,
+        reselect_every_n_steps: int = 0,
     ) -> None:
         super().__init__()
         self.splits = splits
@@ -120,6 +138,13 @@ class SelectionDataModule(pl.LightningDataModule):
         self.max_length = int(max_length)
         self.target: list[Example] = getattr(splits, target_split)
         self.reselect_every_n_epochs = int(reselect_every_n_epochs)
+        self.reselect_every_n_steps = check_reselect_every_n_steps(reselect_every_n_steps)
+        if self.reselect_every_n_steps > 0 and self.reselect_every_n_epochs > 0:
+            raise ConfigError(
+                f"method.reselect_every_n_steps={self.reselect_every_n_steps} and "
+                f"method.reselect_every_n_epochs={self.reselect_every_n_epochs} are both set: a method "
+                "re-selects on one schedule (set the other to 0)"
+            )
         self.length_grouping = int(length_grouping)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.index_of = {ex.id: i for i, ex in enumerate(self.pool)}
@@ -133,6 +158,14 @@ class SelectionDataModule(pl.LightningDataModule):
         # one order generator per round; its state is checkpointed so a resumed run sees the same batches
         self._order_generators: dict[int, torch.Generator] = {}
         self._order_states: dict[int, torch.Tensor] = {}
+        # the loader's sampler and round, and (after a mid-epoch resume) the batches of its epoch to skip
+        self._train_sampler: LengthGroupedBatchSampler | None = None
+        self._train_round = 0
+        self._skip_in_round: tuple[int, int] | None = None
+        # step-scheduled rounds: where the batch stream is (checkpointed), and each round's pool indices
+        self._stream_position = StreamPosition()
+        self._step_sampler: StepScheduledBatchSampler | None = None
+        self._round_items_cache: dict[int, tuple[list[int], list[float] | None]] = {}
 
     # what subclasses implement ------------------------------------------------------------------------------
     def select(self, ctx: SelectionContext) -> Selection:
@@ -152,7 +185,13 @@ class SelectionDataModule(pl.LightningDataModule):
     # encoded splits ------------------------------------------------------------------------------------------
     @property
     def is_dynamic(self) -> bool:
-        return self.reselect_every_n_epochs > 0
+        """Whether the method selects again during training (per epoch or every U optimiser steps)."""
+        return self.reselect_every_n_epochs > 0 or self.reselect_every_n_steps > 0
+
+    @property
+    def is_step_scheduled(self) -> bool:
+        """Whether rounds are every ``reselect_every_n_steps`` optimiser steps (inside an epoch)."""
+        return self.reselect_every_n_steps > 0
 
     def encoded(self, split: str) -> EncodedPool:
         if split not in self._encoded:
@@ -193,6 +232,7 @@ class SelectionDataModule(pl.LightningDataModule):
             rng=np.random.default_rng([self.seed, round_index]),
             module=trainer.lightning_module if trainer is not None else None,
             cache_dir=self.cache_dir,
+            optimizer=trainer.optimizers[0] if trainer is not None and trainer.optimizers else None,
         )
 
     def run_selection(self, round_index: int) -> RoundRecord:
@@ -262,9 +302,11 @@ class SelectionDataModule(pl.LightningDataModule):
                 raise RuntimeError(f"method {self.name!r} returned negative or non-finite weights")
 
     def current_round(self) -> RoundRecord:
+        """The round a per-epoch or static method trains on now (step rounds are the sampler's:
+        :meth:`_step_scheduled_dataloader`)."""
         if not self.rounds:
             return self.run_selection(0)
-        if self.is_dynamic and self.trainer is not None:
+        if self.reselect_every_n_epochs > 0 and self.trainer is not None:
             return self.run_selection(self.trainer.current_epoch // self.reselect_every_n_epochs)
         return self.rounds[-1]
 
@@ -274,6 +316,8 @@ class SelectionDataModule(pl.LightningDataModule):
             self.run_selection(0)
 
     def train_dataloader(self) -> DataLoader:
+        if self.is_step_scheduled:
+            return self._step_scheduled_dataloader()
         record = self.current_round()
         indices = [self.index_of[i] for i in record.ids]
         rank, world_size = self._rank_and_world_size()
@@ -285,12 +329,50 @@ class SelectionDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        return DataLoader(
+        if self._skip_in_round is not None and self._skip_in_round[0] == record.round:
+            sampler.skip_batches = self._skip_in_round[1]  # the rest of an epoch cut by a checkpoint
+            self._skip_in_round = None
+        self._train_sampler, self._train_round = sampler, record.round
+        return ResumableDataLoader(
             EncodedSubset(self.encoded("train"), indices, record.weights),
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),
         )
+
+    def _step_scheduled_dataloader(self) -> DataLoader:
+        """One loader for the whole fit: its sampler starts round ``r`` at the first batch drawn when
+        ``global_step // reselect_every_n_steps == r`` (:mod:`p3bench.models.step_sampler`)."""
+        rank, world_size = self._rank_and_world_size()
+        per_epoch = max(1, -(-self.budget_size // self.batch_size) // world_size)
+        sampler = StepScheduledBatchSampler(
+            round_lengths=lambda r: self.token_lengths(self._round_items(r)[0]),
+            current_step=lambda: self.trainer.global_step if self.trainer is not None else 0,
+            every_n_steps=self.reselect_every_n_steps,
+            batches_per_epoch=per_epoch,
+            batch_size=self.batch_size,
+            window_batches=self.length_grouping,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            position=self._stream_position,
+        )
+        self._step_sampler = sampler
+        return ResumableDataLoader(
+            RoundsDataset(self.encoded("train"), self._round_items),
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=TrainCollator(self.tokenizer.pad_token_id, self.max_length),
+            position_state=self._stream_position_state,
+        )
+
+    def _round_items(self, round_index: int) -> tuple[list[int], list[float] | None]:
+        """Round ``round_index``'s pool indices and weights, selecting the round if it is new."""
+        if round_index not in self._round_items_cache:
+            record = self.run_selection(round_index)
+            indices = [self.index_of[i] for i in record.ids]
+            self._round_items_cache = {round_index: (indices, record.weights)}  # earlier rounds are done
+        return self._round_items_cache[round_index]
 
     def _order_generator(self, round_index: int) -> torch.Generator:
         """The round's data-order generator: seeded from (seed, round), or restored from a checkpoint."""
@@ -352,23 +434,79 @@ class SelectionDataModule(pl.LightningDataModule):
 
     # checkpointed state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The rounds, ``method_state``, each round's order-generator state, and where the epoch is when
+        the checkpoint is taken mid-epoch: ``within_epoch`` (per-epoch rounds: the round, its generator's
+        state before this epoch's shuffle, the batches trained) or ``stream_position`` (step rounds)."""
+        state: dict[str, Any] = {
             "rounds": [asdict(r) for r in self.rounds],
             "method_state": to_plain(self.method_state()),
             "order_states": {k: g.get_state() for k, g in self._order_generators.items()},
         }
+        if self.is_step_scheduled:
+            state["stream_position"] = self._stream_position_state()
+        elif (within := self._within_epoch_state()) is not None:
+            state["within_epoch"] = within
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rounds = [RoundRecord(**r) for r in state_dict.get("rounds", [])]
         self.load_method_state(state_dict.get("method_state", {}))
         self._order_states = dict(state_dict.get("order_states", {}))
         self._order_generators = {}
+        self._round_items_cache = {}
+        self._skip_in_round = None
+        within = state_dict.get("within_epoch")
+        if within is not None:
+            # replay the interrupted epoch's shuffle, then skip the batches already trained
+            self._order_states[int(within["round"])] = within["start_state"]
+            self._skip_in_round = (int(within["round"]), int(within["batches_done"]))
+        if "stream_position" in state_dict:
+            position = StreamPosition.from_dict(state_dict["stream_position"])
+            if self._step_sampler is not None:  # a loader built before the state was loaded
+                self._step_sampler.restore(position)
+                position = self._step_sampler.position
+            self._stream_position = position
+
+    def _stream_position_state(self) -> dict[str, int]:
+        """The step-scheduled stream's position as a checkpoint records it. Lightning's epoch can end before
+        the sampler's (``trainer.limit_train_batches``): a checkpoint taken once the trainer's epoch has
+        processed all its batches is at an epoch boundary (no batches drawn in the epoch), so the resumed
+        run starts a whole epoch instead of continuing the sampler's."""
+        position = self._stream_position.to_dict()
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            if done >= trainer.num_training_batches:
+                position["drawn_in_epoch"] = 0
+        return position
+
+    def _within_epoch_state(self) -> dict[str, Any] | None:
+        """The interrupted epoch of a checkpoint taken between two training batches, else None."""
+        trainer, sampler = self.trainer, self._train_sampler
+        if trainer is None or sampler is None or sampler.epoch_start_state is None:
+            return None
+        if trainer.state.fn != TrainerFn.FITTING:
+            return None
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if not 0 < done < trainer.num_training_batches:
+            return None
+        return {"round": self._train_round, "start_state": sampler.epoch_start_state, "batches_done": done}
 
     # summaries -----------------------------------------------------------------------------------------------
     def selected_examples(self, rounds: Sequence[RoundRecord] | None = None) -> list[Example]:
         """The distinct pool examples trained on in ``rounds`` (all rounds by default), in pool order."""
         chosen = {i for r in (self.rounds if rounds is None else rounds) for i in r.ids}
         return [ex for ex in self.pool if ex.id in chosen]
+
+
+def check_reselect_every_n_steps(value: Any) -> int:
+    """``method.reselect_every_n_steps`` as an int >= 0, or a one-line ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"method.reselect_every_n_steps={value!r} is invalid: expected an integer >= 0 "
+            "(0: no step-scheduled rounds)"
+        )
+    return int(value)
 
 
 def to_plain(value: Any) -> Any:

@@ -56,7 +56,9 @@ class RandomEachRound(RandomSubset):
 
     def __init__(self, *args: Any, reselect_every_n_epochs: int = 1, **kwargs: Any) -> None:
         every = reselect_every_n_epochs
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        # with method.reselect_every_n_steps=U (and epochs 0) it is the control for step rounds
+        step_scheduled = kwargs.get("reselect_every_n_steps", 0) and every == 0
+        if not step_scheduled and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ConfigError(
                 f"method.reselect_every_n_epochs={every!r} is invalid: expected an integer >= 1 "
                 "(a subset drawn once is method=random)"

@@ -37,11 +37,19 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.window = batch_size * window_batches
         self.rank = rank
         self.world_size = world_size
+        #: the generator's state before the current epoch's shuffle (None before the first epoch), so a
+        #: checkpoint taken mid-epoch can replay this epoch's order
+        self.epoch_start_state: torch.Tensor | None = None
+        #: batches of this process to leave out at the start of the next epoch (then reset): the rest of
+        #: an epoch resumed from a mid-epoch checkpoint
+        self.skip_batches = 0
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size) // self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.epoch_start_state = self.generator.get_state()
+        skip, self.skip_batches = self.skip_batches, 0
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
         batches: list[list[int]] = []
         for start in range(0, len(order), self.window):
@@ -49,5 +57,5 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             batches.extend(window[k : k + self.batch_size] for k in range(0, len(window), self.batch_size))
         order_of_batches = torch.randperm(len(batches), generator=self.generator).tolist()
         usable = len(order_of_batches) - len(order_of_batches) % self.world_size
-        for b in order_of_batches[self.rank : usable : self.world_size]:
+        for b in order_of_batches[self.rank : usable : self.world_size][skip:]:
             yield batches[b]

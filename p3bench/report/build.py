@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p3bench.report import comparison_tables, diagnostics, round_diagnostics
+from p3bench.report import agent_plots, agent_tables, comparison_tables, diagnostics, round_diagnostics
 from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
 from p3bench.report.comparisons import DEFAULT_REFERENCES, SectionComparisons, base_method, compare_section
 from p3bench.report.runs import NOT_EXPANDED, NOT_STARTED, RUN_ELSEWHERE, RunRecord, load_runs
@@ -361,7 +361,8 @@ def summary_markdown(
             "",
         ]
         lines += details_table(section)
-        for table in (round_diagnostics.pace_table(section), round_diagnostics.diversity_tables(section)):
+        pace, diversity = round_diagnostics.pace_table(section), round_diagnostics.diversity_tables(section)
+        for table in (pace, diversity, agent_tables.console_table(section)):
             lines += ["", *table] if table else []
         figures = [p for name, ps in files.items() if name.startswith(section.slug + "/") for p in ps]
         pngs = [p for p in figures if p.suffix == ".png"]
@@ -570,6 +571,7 @@ def section_figures(
                 styles=styles,
             ),
         )
+    written.update(agent_plots.agent_figures(section, folder))  # multi-agent weights and shares
     return written
 
 

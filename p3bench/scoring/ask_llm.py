@@ -51,15 +51,17 @@ What is computed, and the choices the paper leaves open (each configurable and n
   served by the cache).
 
 The batching, model-loading and fingerprint machinery shared with the perplexity scorer
-(:mod:`p3bench.scoring.perplexity`) lives in :class:`ModelTextScorer` below.
+(:mod:`p3bench.scoring.perplexity`) and the text classifier (:mod:`p3bench.scoring.classifier`) lives here:
+:class:`ModelTextScorer`, :func:`checkpoint_identity`, :func:`hub_progress_bars` and :func:`first_error_line`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import string
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -121,9 +123,41 @@ def checkpoint_digest(directory: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _first_line(error: BaseException) -> str:
+def checkpoint_identity(name: str, hub_name: str, **options: Any) -> str:
+    """What names loaded weights: ``local:<dir name>#<checkpoint_digest>`` when ``name`` is a directory, else
+    ``hub:<hub_name>:<commit>`` with the commit its ``config.json`` resolved to in the Hugging Face cache
+    (``options``, e.g. ``local_files_only`` and ``revision``, go to ``transformers.utils.cached_file``)."""
+    root = Path(name).expanduser()
+    if root.is_dir():
+        return f"local:{root.resolve().name}#{checkpoint_digest(root)}"
+    from transformers.utils import cached_file
+
+    snapshot = Path(cached_file(name, "config.json", **options)).parent
+    commit = snapshot.name if snapshot.parent.name == "snapshots" else checkpoint_digest(snapshot)
+    return f"hub:{hub_name}:{commit}"
+
+
+def first_error_line(error: BaseException) -> str:
+    """``<error type>: <first line of its message>`` (the type alone for an empty message), for one-line
+    load errors."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def hub_progress_bars(progress: bool) -> Iterator[None]:
+    """Inside the block, transformers' own progress bars ("Loading weights") are off when ``progress`` bars
+    are not shown (:func:`p3bench.utils.progress.progress_shown`); they are on again after it."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = not progress_shown(progress) and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -165,7 +199,6 @@ def load_checkpoint(
     model; a kind outside ``allowed_kinds`` is a one-line :class:`ConfigError`.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-    from transformers.utils import cached_file
 
     name = str(name_or_path)
     at = f" at revision {revision!r}" if revision else ""
@@ -181,7 +214,7 @@ def load_checkpoint(
         config = AutoConfig.from_pretrained(name, **options)
     except Exception as error:  # noqa: BLE001 - the library raises many types; the user needs one line
         raise ModelLoadError(
-            f"cannot load the {role} model {name!r}{at}: {_first_line(error)}; expected {where}"
+            f"cannot load the {role} model {name!r}{at}: {first_error_line(error)}; expected {where}"
         ) from error
     kind = _resolve_kind(config, model_kind, f"the {role} model {name!r}")
     if kind not in allowed_kinds:
@@ -194,29 +227,16 @@ def load_checkpoint(
     if dtype_name not in DTYPES:
         raise ConfigError(f"dtype {dtype_name!r} is unknown: expected one of {', '.join(DTYPES)}")
     auto_model = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    quiet = not progress_shown(progress) and hf_logging.is_progress_bar_enabled()
-    if quiet:  # transformers shows its own "Loading weights" bar
-        hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **options)
-        model = auto_model.from_pretrained(name, dtype=DTYPES[dtype_name], **options)
-    except Exception as error:  # noqa: BLE001
-        raise ModelLoadError(
-            f"cannot load the {role} model {name!r}{at} as {auto_model.__name__}: {_first_line(error)}; "
-            f"expected {where} with a tokenizer and {kind} LM weights"
-        ) from error
-    finally:
-        if quiet:
-            hf_logging.enable_progress_bar()
-    root = Path(name).expanduser()
-    if root.is_dir():
-        identity = f"local:{root.resolve().name}#{checkpoint_digest(root)}"
-    else:
-        snapshot = Path(cached_file(name, "config.json", **options)).parent
-        commit = snapshot.name if snapshot.parent.name == "snapshots" else checkpoint_digest(snapshot)
-        identity = f"hub:{name}@{revision or 'main'}:{commit}"
+    with hub_progress_bars(progress):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **options)
+            model = auto_model.from_pretrained(name, dtype=DTYPES[dtype_name], **options)
+        except Exception as error:  # noqa: BLE001
+            raise ModelLoadError(
+                f"cannot load the {role} model {name!r}{at} as {auto_model.__name__}: "
+                f"{first_error_line(error)}; expected {where} with a tokenizer and {kind} LM weights"
+            ) from error
+    identity = checkpoint_identity(name, f"{name}@{revision or 'main'}", **options)
     model.to(device)
     return model, tokenizer, identity, kind
 
@@ -342,6 +362,21 @@ class ModelTextScorer(TextScorer):
     def _max_positions(self) -> int | None:
         positions = getattr(self.model.config, "max_position_embeddings", None)
         return positions if isinstance(positions, int) and positions > 0 else None
+
+    def _tokens_within_positions(
+        self, max_tokens: int | None, default: int, key: str, owner: str = ""
+    ) -> int:
+        """``max_tokens``, or for ``None`` the smaller of ``default`` and the model's
+        ``max_position_embeddings``; more than ``max_position_embeddings`` is a one-line :class:`ConfigError`
+        naming ``key`` (``owner``: whose limit it is, as the message says it, e.g. ``"the proxy's "``)."""
+        limit = self._max_positions()
+        if max_tokens is None:
+            return min(default, limit) if limit is not None else default
+        if limit is not None and max_tokens > limit:
+            raise ConfigError(
+                f"{key}={max_tokens} exceeds {owner}max_position_embeddings={limit}: expected at most {limit}"
+            )
+        return int(max_tokens)
 
     def _run_batches(
         self,
@@ -737,6 +772,9 @@ __all__ = [
     "AskLLMScorer",
     "ModelTextScorer",
     "checkpoint_digest",
+    "checkpoint_identity",
+    "first_error_line",
+    "hub_progress_bars",
     "load_checkpoint",
     "split_template",
     "tokenizer_digest",

@@ -103,15 +103,9 @@ class PerplexityScorer(ModelTextScorer):
             progress=progress,
             model_id=model_id,
         )
-        limit = self._max_positions()
-        if max_tokens is None:
-            max_tokens = min(DEFAULT_MAX_TOKENS, limit) if limit is not None else DEFAULT_MAX_TOKENS
-        elif limit is not None and max_tokens > limit:
-            raise ConfigError(
-                f"max_tokens={max_tokens} exceeds the proxy's max_position_embeddings={limit}: "
-                f"expected at most {limit}"
-            )
-        self.max_tokens = int(max_tokens)
+        self.max_tokens = self._tokens_within_positions(
+            max_tokens, DEFAULT_MAX_TOKENS, "max_tokens", owner="the proxy's "
+        )
         self.bos_token_id = tokenizer.bos_token_id if add_bos else None
         self.add_bos = bool(add_bos)
 
