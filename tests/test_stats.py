@@ -482,3 +482,30 @@ def test_a_difference_within_the_test_sets_error_is_not_a_verdict() -> None:
     assert both.t_low > 0 and both.boot_low < 0 < both.boot_high
     assert both.verdict == INCONCLUSIVE and both.test_set_limited and both.seeds_needed is None
     assert with_holm([both])[0].verdict_holm == INCONCLUSIVE
+
+
+def test_a_difference_holm_makes_inconclusive_gets_the_seeds_it_needs_at_holm_s_level():
+    """Decisive alone, inconclusive over the family: the report's Holm reading gives the seeds needed at the
+    level Holm holds it to (alpha * p / p_holm), more than the pairs it has, and not 'none'."""
+    from p3bench.report.comparisons import _holm_verdict
+    from p3bench.stats.paired import compare_paired, with_holm
+    from p3bench.stats.power import seeds_needed
+
+    reference = {0: 10.0, 1: 12.0, 2: 11.0}
+    clear = compare_paired({0: 12.0, 1: 16.0, 2: 14.0}, reference, higher_is_better=False, n_boot=200)
+    noise = [
+        compare_paired(
+            {0: 10.0 + d, 1: 12.0 - d, 2: 11.0 + 0.5 * d}, reference, higher_is_better=False, n_boot=200
+        )
+        for d in (1.0, 2.0, 3.0, 4.0, 5.0)
+    ]
+    assert clear.verdict == "worse" and clear.seeds_needed is None
+    family = with_holm([clear, *noise])
+    assert family[0].verdict_holm == "inconclusive"
+    read = _holm_verdict(family[0])
+    assert read.verdict == "inconclusive"
+    alpha = 0.05 * family[0].p_value / family[0].p_holm
+    assert read.seeds_needed == seeds_needed(clear.mean_diff, clear.sd_diff, alpha=alpha)
+    assert read.seeds_needed is not None and read.seeds_needed > clear.n_pairs
+    # a comparison inconclusive on its own keeps the seeds it had
+    assert _holm_verdict(family[1]).seeds_needed == family[1].seeds_needed

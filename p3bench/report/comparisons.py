@@ -26,6 +26,7 @@ from p3bench.report.aggregate import WHOLE_POOL, Group, Section, seed_sort_key
 from p3bench.report.runs import RunRecord
 from p3bench.results import PREDICTIONS_FILE
 from p3bench.stats.paired import PairedComparison, compare_paired, with_holm
+from p3bench.stats.power import POWER, seeds_needed
 from p3bench.stats.ranking import rank_probabilities
 
 #: the references a method is compared against unless the report is told otherwise
@@ -261,4 +262,20 @@ def compare_section(
 
 
 def _holm_verdict(comparison: PairedComparison) -> PairedComparison:
-    return replace(comparison, verdict=comparison.verdict_holm or comparison.verdict)
+    """The comparison read at its Holm verdict. One that is decisive alone but not over the family gets the
+    seeds it would need at the level Holm holds it to (``alpha * p / p_holm``), not none."""
+    verdict = comparison.verdict_holm or comparison.verdict
+    needed = comparison.seeds_needed
+    c = comparison
+    if (
+        verdict == "inconclusive"
+        and c.verdict != "inconclusive"
+        and c.n_pairs >= 2
+        and not c.test_set_limited
+        and c.p_holm is not None
+        and c.p_value is not None
+        and c.p_holm > 0
+    ):
+        alpha = (1 - c.confidence) * c.p_value / c.p_holm
+        needed = seeds_needed(c.mean_diff, c.sd_diff, power=POWER, alpha=alpha) if alpha > 0 else None
+    return replace(comparison, verdict=verdict, seeds_needed=needed)
