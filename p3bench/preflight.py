@@ -275,17 +275,12 @@ def check_rounds_schedule(cfg: DictConfig, method_cls: type, options: Mapping[st
     """Rounds every ``method.reselect_every_n_steps`` optimiser steps: an integer >= 0, not together with
     per-epoch rounds, and batches drawn in the training process (``loader.num_workers=0``), so that each
     batch is drawn after the previous optimiser step and a new round starts at its step."""
-    from p3bench.methods.base import check_reselect_every_n_steps
+    from p3bench.methods.base import check_step_schedule
 
-    steps = check_reselect_every_n_steps(options.get("reselect_every_n_steps", 0))
+    epochs = option_default(method_cls, options, "reselect_every_n_epochs")
+    steps = check_step_schedule(options.get("reselect_every_n_steps", 0), epochs)
     if not steps:
         return
-    epochs = option_default(method_cls, options, "reselect_every_n_epochs")
-    if isinstance(epochs, int) and epochs > 0:
-        raise ConfigError(
-            f"method.reselect_every_n_steps={steps} and method.reselect_every_n_epochs={epochs} are both set: "
-            "a method re-selects on one schedule (set method.reselect_every_n_epochs=0)"
-        )
     workers = cfg.loader.get("num_workers", 0)
     if workers != 0:
         raise ConfigError(

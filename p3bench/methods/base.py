@@ -138,13 +138,9 @@ class SelectionDataModule(pl.LightningDataModule):
         self.max_length = int(max_length)
         self.target: list[Example] = getattr(splits, target_split)
         self.reselect_every_n_epochs = int(reselect_every_n_epochs)
-        self.reselect_every_n_steps = check_reselect_every_n_steps(reselect_every_n_steps)
-        if self.reselect_every_n_steps > 0 and self.reselect_every_n_epochs > 0:
-            raise ConfigError(
-                f"method.reselect_every_n_steps={self.reselect_every_n_steps} and "
-                f"method.reselect_every_n_epochs={self.reselect_every_n_epochs} are both set: a method "
-                "re-selects on one schedule (set the other to 0)"
-            )
+        self.reselect_every_n_steps = check_step_schedule(
+            reselect_every_n_steps, self.reselect_every_n_epochs
+        )
         self.length_grouping = int(length_grouping)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.index_of = {ex.id: i for i, ex in enumerate(self.pool)}
@@ -507,6 +503,18 @@ def check_reselect_every_n_steps(value: Any) -> int:
             "(0: no step-scheduled rounds)"
         )
     return int(value)
+
+
+def check_step_schedule(steps: Any, epochs: Any) -> int:
+    """``method.reselect_every_n_steps`` checked (:func:`check_reselect_every_n_steps`) and not set together
+    with per-epoch rounds (``epochs`` > 0), or a one-line ConfigError; the step interval."""
+    steps = check_reselect_every_n_steps(steps)
+    if steps and isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
+        raise ConfigError(
+            f"method.reselect_every_n_steps={steps} and method.reselect_every_n_epochs={epochs} are both set: "
+            "a method re-selects on one schedule (set method.reselect_every_n_epochs=0)"
+        )
+    return steps
 
 
 def to_plain(value: Any) -> Any:

@@ -140,10 +140,15 @@ class EncodedSubset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        index = self.indices[position]
-        return {
-            "index": index,
-            "prompt_ids": self.pool.prompt_ids[index],
-            "target_ids": self.pool.target_ids[index],
-            "weight": self.weights[position],
-        }
+        return pool_item(self.pool, self.indices[position], self.weights[position])
+
+
+def pool_item(pool: EncodedPool, index: int, weight: float) -> dict[str, Any]:
+    """The training item of pool example ``index`` with its selection ``weight`` (what
+    :class:`TrainCollator` collates)."""
+    return {
+        "index": index,
+        "prompt_ids": pool.prompt_ids[index],
+        "target_ids": pool.target_ids[index],
+        "weight": weight,
+    }

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from p3bench.models.collate import EncodedPool
+from p3bench.models.collate import EncodedPool, pool_item
 from p3bench.models.sampler import LengthGroupedBatchSampler
 
 #: a training item's key: (round, position in that round's selection)
@@ -158,13 +158,7 @@ class RoundsDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: RoundKey) -> dict[str, Any]:
         round_index, position = key
         indices, weights = self.round_items(round_index)
-        index = indices[position]
-        return {
-            "index": index,
-            "prompt_ids": self.pool.prompt_ids[index],
-            "target_ids": self.pool.target_ids[index],
-            "weight": 1.0 if weights is None else weights[position],
-        }
+        return pool_item(self.pool, indices[position], 1.0 if weights is None else weights[position])
 
 
 class ResumableDataLoader(torch.utils.data.DataLoader):
