@@ -105,10 +105,10 @@ def likelihood_scores(cfg, splits, checkpoint: Path, cache_dir: Path) -> np.ndar
     """P3's ``likelihood`` scores of the pool under the checkpoint's model (cached by the file's hash)."""
     import torch
 
-    from p3bench.embeddings import atomic_save_npy
     from p3bench.models.factory import build_causal_lm
     from p3bench.run import build_datamodule
     from p3bench.scoring import build_scorer
+    from p3bench.utils.io import atomic_save_npy
 
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
     path = cache_dir / "dpp_diversity" / f"likelihood_{digest}.npy"

@@ -26,6 +26,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -104,58 +105,85 @@ def main() -> None:
         "dpp.condition_on=previous: k preselected rows, most of them copies of candidates)",
     )
     args = parser.parse_args()
+    summary = measure(
+        kernel=args.kernel,
+        n=args.n,
+        k=args.k,
+        d=args.d,
+        seed=args.seed,
+        ridge=args.ridge,
+        repeat=args.repeat,
+        reference=not args.no_reference,
+        conditioned=args.conditioned,
+    )
+    print(json.dumps(summary))
 
-    ridge = DEFAULT_RIDGE[args.kernel] if args.ridge is None else args.ridge
-    if args.kernel == "rbf_blocked":
-        rbf_main(args, ridge)
-        return
-    args.ridge = ridge
-    rng = np.random.default_rng(args.seed)
-    features = rng.standard_normal((args.n, args.d))
+
+def measure(
+    *,
+    kernel: str = "cosine",
+    n: int = 20000,
+    k: int = 2000,
+    d: int = 384,
+    seed: int = 0,
+    ridge: float | None = None,
+    repeat: int = 3,
+    reference: bool = True,
+    conditioned: bool = False,
+    log: Callable[[str], object] = print,
+) -> dict[str, object]:
+    """Time ``dpp_select`` (median of ``repeat`` runs) and, with ``reference``, the plain greedy on the
+    explicit kernel on the same data; returns the summary (what the CLI prints as JSON), ``log`` gets the
+    human-readable lines. ``kernel="rbf_blocked"`` also times the blocked greedy in float64 and, with
+    ``conditioned``, a second round conditioned on the first."""
+    ridge = DEFAULT_RIDGE[kernel] if ridge is None else ridge
+    if kernel == "rbf_blocked":
+        return _measure_rbf(n, k, d, seed, ridge, repeat, reference, conditioned, log)
+    if kernel != "cosine":
+        raise ValueError(f"kernel={kernel!r}: expected cosine or rbf_blocked")
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n, d))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    quality = 1.0 - rng.uniform(0.0, 0.5, args.n)  # (0.5, 1]
-    print(f"N={args.n} k={args.k} d={args.d} seed={args.seed} ridge={args.ridge} cpus={os.cpu_count()}")
+    quality = 1.0 - rng.uniform(0.0, 0.5, n)  # (0.5, 1]
+    log(f"N={n} k={k} d={d} seed={seed} ridge={ridge} cpus={os.cpu_count()}")
 
     times = []
-    for _ in range(max(1, args.repeat)):
+    for _ in range(max(1, repeat)):
         start = time.perf_counter()
-        result = dpp_select(features, args.k, quality=quality, kernel="cosine", ridge=args.ridge)
+        result = dpp_select(features, k, quality=quality, kernel="cosine", ridge=ridge)
         times.append(time.perf_counter() - start)
     ours = statistics.median(times)
-    print(f"dpp_select:  {ours:8.2f} s  (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)})")
+    log(f"dpp_select:  {ours:8.2f} s  (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)})")
     summary: dict[str, object] = {
-        "n": args.n,
-        "k": args.k,
-        "d": args.d,
-        "seed": args.seed,
-        "ridge": args.ridge,
+        "kernel": "cosine",
+        "n": n,
+        "k": k,
+        "d": d,
+        "seed": seed,
+        "ridge": ridge,
         "cpus": os.cpu_count(),
         "dpp_select_s": round(ours, 3),
         "picked": len(result),
     }
 
-    if not args.no_reference:
+    if reference:
         start = time.perf_counter()
         b = features * quality[:, None]
-        kernel = b @ b.T  # the one matmul
-        kernel[np.diag_indices(args.n)] += args.ridge * quality**2
+        explicit = b @ b.T  # the one matmul
+        explicit[np.diag_indices(n)] += ridge * quality**2
         built = time.perf_counter()
-        reference = reference_greedy(kernel, args.k)
+        picks = reference_greedy(explicit, k)
         end = time.perf_counter()
-        del kernel
+        del explicit
         ref_total, ref_kernel, ref_loop = end - start, built - start, end - built
-        same = reference == result.indices.tolist()
-        mine = result.indices.tolist()
-        positions = sum(a == b for a, b in zip(reference, mine, strict=False))
-        common = len(set(reference) & set(mine))
-        first_diff = next((i for i, (a, b) in enumerate(zip(reference, mine, strict=False)) if a != b), None)
-        print(f"reference:   {ref_total:8.2f} s  (kernel {ref_kernel:.2f} s + greedy loop {ref_loop:.2f} s)")
-        print(f"speedup:     {ref_total / ours:8.1f} x  (greedy loop alone: {ref_loop / ours:.1f} x)")
+        same, positions, common, first_diff = compare(picks, result.indices.tolist())
+        log(f"reference:   {ref_total:8.2f} s  (kernel {ref_kernel:.2f} s + greedy loop {ref_loop:.2f} s)")
+        log(f"speedup:     {ref_total / ours:8.1f} x  (greedy loop alone: {ref_loop / ours:.1f} x)")
         if same:
-            print(f"selection:   identical ({len(mine)} picks, same order)")
+            log(f"selection:   identical ({len(picks)} picks, same order)")
         else:
-            print(
-                f"selection:   DIFFERENT: {positions}/{len(reference)} picks agree by position, "
+            log(
+                f"selection:   DIFFERENT: {positions}/{len(picks)} picks agree by position, "
                 f"{common} in common, first difference at pick {first_diff}"
             )
         summary.update(
@@ -168,25 +196,35 @@ def main() -> None:
             agree_positions=positions,
             agree_set=common,
         )
-    print(json.dumps(summary))
+    return summary
 
 
-def rbf_main(args: argparse.Namespace, ridge: float) -> None:
-    rng = np.random.default_rng(args.seed)
-    features = clustered_unit(args.n, args.d, rng)
-    quality = 1.0 - rng.uniform(0.0, 0.5, args.n)  # (0.5, 1]
+def _measure_rbf(
+    n: int,
+    k: int,
+    d: int,
+    seed: int,
+    ridge: float,
+    repeat: int,
+    reference: bool,
+    conditioned: bool,
+    log: Callable[[str], object],
+) -> dict[str, object]:
+    rng = np.random.default_rng(seed)
+    features = clustered_unit(n, d, rng)
+    quality = 1.0 - rng.uniform(0.0, 0.5, n)  # (0.5, 1]
     bandwidth = rbf_blocked_bandwidth(features)
-    print(
-        f"kernel=rbf_blocked N={args.n} k={args.k} d={args.d} seed={args.seed} ridge={ridge} "
+    log(
+        f"kernel=rbf_blocked N={n} k={k} d={d} seed={seed} ridge={ridge} "
         f"bandwidth={bandwidth:.4f} cpus={os.cpu_count()}"
     )
     times = []
-    for _ in range(max(1, args.repeat)):
+    for _ in range(max(1, repeat)):
         start = time.perf_counter()
-        result = dpp_select(features, args.k, quality=quality, kernel="rbf_blocked", ridge=ridge)
+        result = dpp_select(features, k, quality=quality, kernel="rbf_blocked", ridge=ridge)
         times.append(time.perf_counter() - start)
     ours = statistics.median(times)
-    print(
+    log(
         f"dpp_select (float32): {ours:8.2f} s  (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)})"
     )
     start = time.perf_counter()
@@ -194,7 +232,7 @@ def rbf_main(args: argparse.Namespace, ridge: float) -> None:
     double = rbf_blocked_greedy(
         features,
         quality,
-        args.k,
+        k,
         ridge=ridge,
         bandwidth=bandwidth,
         P=none,
@@ -203,53 +241,53 @@ def rbf_main(args: argparse.Namespace, ridge: float) -> None:
         dtype=np.float64,
     )
     ours64 = time.perf_counter() - start
-    print(f"blocked (float64):    {ours64:8.2f} s")
-    if args.conditioned:
+    log(f"blocked (float64):    {ours64:8.2f} s")
+    if conditioned:
         start = time.perf_counter()
         dpp_select(
             features,
-            args.k,
+            k,
             quality=quality,
             kernel="rbf_blocked",
             ridge=ridge,
             preselected_features=features[result.indices],
             preselected_quality=quality[result.indices],
         )
-        conditioned = time.perf_counter() - start
-        print(f"conditioned (float32): {conditioned:7.2f} s  (on the {len(result)} rows of the first pick)")
+        conditioned_s = time.perf_counter() - start
+        log(f"conditioned (float32): {conditioned_s:7.2f} s  (on the {len(result)} rows of the first pick)")
     summary: dict[str, object] = {
         "kernel": "rbf_blocked",
-        "n": args.n,
-        "k": args.k,
-        "d": args.d,
-        "seed": args.seed,
+        "n": n,
+        "k": k,
+        "d": d,
+        "seed": seed,
         "ridge": ridge,
         "cpus": os.cpu_count(),
         "dpp_select_s": round(ours, 3),
         "float64_s": round(ours64, 3),
         "picked": len(result),
     }
-    if args.conditioned:
-        summary["conditioned_s"] = round(conditioned, 3)
-    if not args.no_reference:
+    if conditioned:
+        summary["conditioned_s"] = round(conditioned_s, 3)
+    if reference:
         start = time.perf_counter()
         kernel = explicit_rbf(features, quality, ridge, bandwidth)
         built = time.perf_counter()
-        reference = reference_greedy(kernel, args.k)
+        picks_ref = reference_greedy(kernel, k)
         end = time.perf_counter()
         ref_total, ref_kernel, ref_loop = end - start, built - start, end - built
-        print(
+        log(
             f"reference:            {ref_total:8.2f} s  (kernel {ref_kernel:.2f} s + greedy loop {ref_loop:.2f} s)"
         )
-        print(f"speedup:              {ref_total / ours:8.1f} x float32, {ref_total / ours64:.1f} x float64")
-        same64, _, common64, first64 = compare(reference, double.indices.tolist())
-        same32, positions, common, first = compare(reference, result.indices.tolist())
-        print(
+        log(f"speedup:              {ref_total / ours:8.1f} x float32, {ref_total / ours64:.1f} x float64")
+        same64, _, common64, first64 = compare(picks_ref, double.indices.tolist())
+        same32, positions, common, first = compare(picks_ref, result.indices.tolist())
+        log(
             f"float64 selection:    {'identical' if same64 else f'DIFFERENT from pick {first64}, {common64} in common'}"
         )
-        ld_ref, ld32 = log_det(kernel, reference), log_det(kernel, result.indices)
-        print(
-            f"float32 selection:    {'identical' if same32 else 'differs'}: {positions}/{len(reference)} picks agree by "
+        ld_ref, ld32 = log_det(kernel, picks_ref), log_det(kernel, result.indices)
+        log(
+            f"float32 selection:    {'identical' if same32 else 'differs'}: {positions}/{len(picks_ref)} picks agree by "
             f"position (first difference at pick {first}), {common} in common; log-det on the explicit kernel "
             f"{ld32:.4f} vs the reference's {ld_ref:.4f}"
         )
@@ -267,7 +305,7 @@ def rbf_main(args: argparse.Namespace, ridge: float) -> None:
             logdet_reference=round(ld_ref, 4),
             logdet_float32=round(ld32, 4),
         )
-    print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -103,6 +103,38 @@ def step_times(method: str, overrides: list[str], steps: int, data_dir: str | No
     return timer.seconds
 
 
+def measure(
+    *,
+    overrides: list[str] | None = None,
+    methods: tuple[str, ...] | list[str] = METHODS,
+    steps: int = 80,
+    warmup: int = 10,
+    repeats: int = 3,
+    threads: int = 2,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Each method's median step time over ``repeats`` interleaved runs (the first ``warmup`` steps of
+    each dropped) and its ratio to ERM's (``full``); returns the summary the CLI prints as JSON."""
+    overrides = list(overrides or [])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    kept: dict[str, list[float]] = {m: [] for m in methods}
+    try:
+        for _ in range(repeats):
+            for method in methods:
+                kept[method].extend(step_times(method, overrides, steps, data_dir)[warmup:])
+    finally:
+        torch.set_num_threads(previous)
+    medians = {m: statistics.median(v) for m, v in kept.items()}
+    reference = medians.get("full")
+    return {
+        "overrides": overrides,
+        "steps_kept_per_method": {m: len(v) for m, v in kept.items()},
+        "median_step_ms": {m: round(1000 * v, 3) for m, v in medians.items()},
+        "ratio_to_erm": {m: round(v / reference, 4) for m, v in medians.items()} if reference else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every run")
@@ -113,19 +145,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="paths.data_dir (default: the config's)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    kept: dict[str, list[float]] = {m: [] for m in args.methods}
-    for _ in range(args.repeats):
-        for method in args.methods:
-            kept[method].extend(step_times(method, args.overrides, args.steps, args.data_dir)[args.warmup :])
-    medians = {m: statistics.median(v) for m, v in kept.items()}
-    reference = medians.get("full")
-    summary = {
-        "overrides": args.overrides,
-        "steps_kept_per_method": {m: len(v) for m, v in kept.items()},
-        "median_step_ms": {m: round(1000 * v, 3) for m, v in medians.items()},
-        "ratio_to_erm": {m: round(v / reference, 4) for m, v in medians.items()} if reference else None,
-    }
+    summary = measure(
+        overrides=args.overrides,
+        methods=args.methods,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+        data_dir=args.data_dir,
+    )
     print(json.dumps(summary, indent=2))
 
 

@@ -187,6 +187,48 @@ def throughput(sandbox: Sandbox, programs: int, workers: int, repeats: int = 5) 
     }
 
 
+def measure(
+    *,
+    rounds: int = 40,
+    programs: int = 20,
+    mode: str = "auto",
+    repeats: int = 5,
+    log: Callable[[str], object] = print,
+) -> dict[str, object]:
+    """The breakdown, the cgroup join and the throughput on 1 and 2 workers; returns the summary the CLI
+    prints as JSON, ``log`` gets the tables. Code execution must be allowed (``configure_execution``)."""
+    require_code_execution()
+    sandbox = Sandbox(mode=mode)
+    report = sandbox.report()
+    log(f"isolation: {report['mode']} ({report['tool']}) | cgroup {report['cgroup']}")
+    log(f"interpreter: {report['python']} (Python {report['python_version']}); load {os.getloadavg()}")
+    parts = breakdown(sandbox, rounds)
+    log(f"\none program at a time, {rounds} interleaved rounds: {PROGRAM!r}")
+    log(f"{'':<22}{'wall ms':>10}{'x bare':>9}{'min ms':>10}{'x bare':>9}{'cpu ms':>10}{'x bare':>9}")
+    for name, row in parts.items():
+        log(
+            f"{name:<22}{row['wall_ms']:>10}{row['wall_ratio']:>9}{row['min_wall_ms']:>10}"
+            f"{row['min_wall_ratio']:>9}{row['cpu_ms']:>10}{row['cpu_ratio']:>9}"
+        )
+    joins = cgroup_join(sandbox, 20)
+    if joins is not None:
+        log("\njoining a run's cgroup, median ms: " + ", ".join(f"{k} {v}" for k, v in joins.items()))
+    pools = [throughput(sandbox, programs, workers, repeats) for workers in (1, 2)]
+    log(f"\n{programs} programs, {repeats} times, median wall time per program:")
+    for row in pools:
+        log(
+            f"{row['workers']} worker(s): bare {row['bare_ms_per_program']} ms, sandbox "
+            f"{row['sandbox_ms_per_program']} ms: x{row['ratio']}"
+        )
+    return {
+        "isolation": report["mode"],
+        "load": os.getloadavg(),
+        "breakdown": parts,
+        "cgroup_join_ms": joins,
+        "workers": pools,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
@@ -197,39 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_code_execution:
         configure_execution(True)
     try:
-        require_code_execution()
-        sandbox = Sandbox(mode=args.mode)
-        report = sandbox.report()
+        summary = measure(rounds=args.rounds, programs=args.programs, mode=args.mode)
     except P3BenchError as err:
         print(f"error: {err} (or pass --allow-code-execution)", file=sys.stderr)
         return 2
-    print(f"isolation: {report['mode']} ({report['tool']}) | cgroup {report['cgroup']}")
-    print(f"interpreter: {report['python']} (Python {report['python_version']}); load {os.getloadavg()}")
-    parts = breakdown(sandbox, args.rounds)
-    print(f"\none program at a time, {args.rounds} interleaved rounds: {PROGRAM!r}")
-    print(f"{'':<22}{'wall ms':>10}{'x bare':>9}{'min ms':>10}{'x bare':>9}{'cpu ms':>10}{'x bare':>9}")
-    for name, row in parts.items():
-        print(
-            f"{name:<22}{row['wall_ms']:>10}{row['wall_ratio']:>9}{row['min_wall_ms']:>10}"
-            f"{row['min_wall_ratio']:>9}{row['cpu_ms']:>10}{row['cpu_ratio']:>9}"
-        )
-    joins = cgroup_join(sandbox, 20)
-    if joins is not None:
-        print("\njoining a run's cgroup, median ms: " + ", ".join(f"{k} {v}" for k, v in joins.items()))
-    pools = [throughput(sandbox, args.programs, workers) for workers in (1, 2)]
-    print(f"\n{args.programs} programs, 5 times, median wall time per program:")
-    for row in pools:
-        print(
-            f"{row['workers']} worker(s): bare {row['bare_ms_per_program']} ms, sandbox "
-            f"{row['sandbox_ms_per_program']} ms: x{row['ratio']}"
-        )
-    summary = {
-        "isolation": report["mode"],
-        "load": os.getloadavg(),
-        "breakdown": parts,
-        "cgroup_join_ms": joins,
-        "workers": pools,
-    }
     print(json.dumps(summary))
     return 0
 

@@ -42,6 +42,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ from p3bench.algorithms.submodular import facility_location_value, maximize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+EMBEDDING_CACHE = Path.home() / ".cache" / "p3bench" / "embeddings"
 
 
 def clustered_unit(n: int, d: int, rng: np.random.Generator, clusters: int = 50) -> np.ndarray:
@@ -175,7 +177,7 @@ def main() -> None:
     parser.add_argument("--data", choices=("clustered", "gaussian", "alpaca"), default="clustered")
     parser.add_argument("--d", type=int, default=384, help="embedding dimension (clustered, gaussian)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "p3bench" / "embeddings")
+    parser.add_argument("--cache-dir", type=Path, default=EMBEDDING_CACHE)
     parser.add_argument(
         "--asymmetric", action="store_true", help="scale column j by a random w_j in [0.5, 1]"
     )
@@ -195,47 +197,82 @@ def main() -> None:
         help="print the share of entries that still count after 1, 10, 100, 1000 picks",
     )
     args = parser.parse_args()
-    n = 2000 if args.quick else args.n
-    budget = int(args.fraction * n)
+    summary = measure(
+        n=2000 if args.quick else args.n,
+        fraction=args.fraction,
+        data=args.data,
+        d=args.d,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        asymmetric=args.asymmetric,
+        repeat=args.repeat,
+        submodlib=not args.no_submodlib,
+        apricot=not args.no_apricot,
+        prune_share=args.prune_share,
+        report_live_share=args.live_share,
+    )
+    print(json.dumps(summary))
 
-    if args.prune_share is not None:
-        submodular_gains.PRUNE_SHARE = args.prune_share
-    rng = np.random.default_rng(args.seed)
-    if args.data == "alpaca":
-        embeddings = instruction_embeddings(n, args.cache_dir)
-    elif args.data == "gaussian":
-        embeddings = rng.standard_normal((n, args.d))
+
+def measure(
+    *,
+    n: int = 10000,
+    fraction: float = 0.3,
+    data: str = "clustered",
+    d: int = 384,
+    seed: int = 0,
+    cache_dir: Path = EMBEDDING_CACHE,
+    asymmetric: bool = False,
+    repeat: int = 3,
+    submodlib: bool = True,
+    apricot: bool = True,
+    prune_share: float | None = None,
+    report_live_share: bool = False,
+    log: Callable[[str], object] = print,
+) -> dict[str, object]:
+    """Ours, submodlib and apricot on the same kernel, ``repeat`` interleaved rounds; returns the summary
+    the CLI prints as JSON (``ours``, ``submodlib``, ``apricot``: seconds, ratio to ours, the comparison
+    of picks, the objective value), ``log`` gets the table."""
+    budget = int(fraction * n)
+
+    if prune_share is not None:
+        submodular_gains.PRUNE_SHARE = prune_share
+    rng = np.random.default_rng(seed)
+    if data == "alpaca":
+        embeddings = instruction_embeddings(n, cache_dir)
+    elif data == "gaussian":
+        embeddings = rng.standard_normal((n, d))
     else:
-        embeddings = clustered_unit(n, args.d, rng)
+        embeddings = clustered_unit(n, d, rng)
     kernel = cosine_kernel(embeddings)
-    if args.asymmetric:
+    if asymmetric:
         kernel *= rng.uniform(0.5, 1.0, n).astype(np.float32)[None, :]
     warm = cosine_kernel(clustered_unit(200, 16, np.random.default_rng(1)))  # imports, numba compilation
     run_ours(warm, 60)
-    if not args.no_submodlib:
+    if submodlib:
         run_submodlib(warm, 60)
-    if not args.no_apricot:
+    if apricot:
         run_apricot(warm, 60)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    print(
-        f"facility location, data={args.data}{' asymmetric' if args.asymmetric else ''} n={n} budget={budget} "
-        f"repeat={args.repeat} cpus={os.cpu_count()} OMP_NUM_THREADS={threads} "
+    log(
+        f"facility location, data={data}{' asymmetric' if asymmetric else ''} n={n} budget={budget} "
+        f"repeat={repeat} cpus={os.cpu_count()} OMP_NUM_THREADS={threads} "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
 
     times: dict[str, list[float]] = {"ours": [], "submodlib": [], "submodlib_build": [], "apricot": []}
     picks: dict[str, list[int]] = {}
     evaluations = 0
-    for _ in range(args.repeat):  # interleaved, so that a busy spell on the machine hits all three
+    for _ in range(repeat):  # interleaved, so that a busy spell on the machine hits all three
         picks["ours"], seconds, evaluations = run_ours(kernel, budget)
         times["ours"].append(seconds)
         gc.collect()
-        if not args.no_submodlib:
+        if submodlib:
             picks["submodlib"], build_s, greedy_s = run_submodlib(kernel, budget)
             times["submodlib"].append(build_s + greedy_s)
             times["submodlib_build"].append(build_s)
             gc.collect()
-        if not args.no_apricot:
+        if apricot:
             picks["apricot"], seconds = run_apricot(kernel, budget)
             times["apricot"].append(seconds)
             gc.collect()
@@ -243,18 +280,18 @@ def main() -> None:
     ours = picks["ours"]
     ours_s = statistics.median(times["ours"])
     summary: dict[str, object] = {
-        "data": args.data,
-        "asymmetric": args.asymmetric,
+        "data": data,
+        "asymmetric": asymmetric,
         "n": n,
         "budget": budget,
-        "seed": args.seed,
-        "repeat": args.repeat,
+        "seed": seed,
+        "repeat": repeat,
         "ours_evaluations": evaluations,
     }
-    print(
+    log(
         "| implementation | seconds (median) | / ours | same picks (order) | picks in common | first difference | f(selection) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    log("|---|---|---|---|---|---|---|")
     for name, label in (
         ("ours", "ours (lazy)"),
         ("submodlib", "submodlib (LazyGreedy)"),
@@ -270,7 +307,7 @@ def main() -> None:
         if match["tie"] is not None:
             kind = "a tie" if match["tie"] else "not a tie"
             first += f" ({kind}; our pick's gain {match['gain_there']:.4g})"
-        print(
+        log(
             f"| {label} | {seconds:.2f}{note} | {seconds / ours_s:.2f} | {'yes' if match['same'] else 'no'} | "
             f"{match['common']}/{budget} | {first} | {value:.4f} |"
         )
@@ -281,15 +318,15 @@ def main() -> None:
             "value": round(value, 4),
             **match,
         }
-    if args.live_share:
+    if report_live_share:
         shares = live_share(kernel, ours, (1, 10, 100, 1000))
-        print(
+        log(
             "entries that can still count after t picks: "
             + ", ".join(f"t={t}: {v:.2%}" for t, v in shares.items())
         )
         summary["live_share"] = {str(t): round(v, 5) for t, v in shares.items()}
     summary["prune_share"] = submodular_gains.PRUNE_SHARE
-    print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Summarise run directories: mean and standard deviation over seeds of test accuracy (overall and per
 level), validation loss, training tokens and wall time, grouped by method and budget; with ``--defects``,
 the share of training exposures that fell on planted noisy, duplicate and junk examples (synthetic_math
-runs: the pool is regenerated from the run's config and joined with its selection.jsonl, one row per
+runs: the pool is regenerated from the run's config and joined with its selection file (selection.jsonl or .parquet), one row per
 round and example, so a dynamic method's examples count once per round they were trained in).
 
     python benchmarks/summarize_runs.py logs/synthetic_budgets/multiruns/<time>
@@ -16,6 +16,8 @@ import statistics
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
+
+from p3bench.selection_files import read_selection
 
 
 def mean_sd(values: list[float], digits: int = 3) -> str:
@@ -40,7 +42,7 @@ def defect_shares(run_dir: Path, results: dict) -> dict[str, float]:
     if dataset["name"] != "synthetic_math":
         return {}
     meta = synthetic_meta(json.dumps(dataset["params"], sort_keys=True))
-    rows = [json.loads(line) for line in (run_dir / "selection.jsonl").read_text().splitlines() if line]
+    rows = read_selection(run_dir)  # selection.jsonl, or selection.parquet for a large selection
     if not rows:
         return {}
     shares = {

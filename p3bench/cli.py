@@ -21,6 +21,7 @@ from p3bench.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USER_ERROR,
+    CheckpointError,
     ChecksFailed,
     Interrupted,
     P3BenchError,
@@ -86,14 +87,38 @@ def task(cfg: Any) -> float | None:
     """Hydra's task function: one run. A user error goes into the run's ``run.log`` as one line and is
     returned to :func:`run_command` (a single run: Hydra would add its own line had the task raised) or
     printed naming the job and raised (a sweep job: the launcher records it and runs the other jobs). An
-    interruption is noted in ``run.log`` (the run resumes with ``ckpt_path=last``)."""
+    interruption is noted in ``run.log`` (the run resumes with ``ckpt_path=last``).
+
+    A finished run leaves a completion marker (:mod:`p3bench.sweeps`). A sweep job whose run directory has
+    the marker of its own settings is skipped and returns what it returned then; one with a checkpoint but
+    no such marker resumes from it; a DDP job starts its other processes on this job alone
+    (:mod:`p3bench.sweep_ddp`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from p3bench.run import train_and_evaluate  # heavy imports after Hydra parsed the command line
+    from p3bench import sweeps
 
+    sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+    output_dir = str(cfg.paths.output_dir)
+    relaunch_resumed = False
     try:
-        results = train_and_evaluate(cfg)
+        if sweep_job:
+            decision = sweeps.relaunch_decision(output_dir, cfg)
+            if decision.action == sweeps.SKIP:  # before the heavy imports: a finished sweep relaunches fast
+                log.info("skipped: finished with the same config (%s)", output_dir)
+                return decision.value
+            sweeps.apply_relaunch_decision(decision, cfg)
+            relaunch_resumed = decision.action == sweeps.RESUME
+            if relaunch_resumed:
+                log.info("%s: %s", output_dir, decision.reason)
+        from p3bench.run import train_and_evaluate  # heavy imports after Hydra parsed the command line
+        from p3bench.sweep_ddp import sweep_job_processes
+
+        if sweep_job:
+            with sweep_job_processes(output_dir, cfg.get("ckpt_path")):
+                results = train_and_evaluate(cfg)
+        else:
+            results = train_and_evaluate(cfg)
     except KeyboardInterrupt as exc:
         name = getattr(exc, "signal_name", Interrupted.last_signal)
         log_to_run_log(logging.WARNING, f"run interrupted by {name}: resume it with ckpt_path=last")
@@ -103,6 +128,8 @@ def task(cfg: Any) -> float | None:
         if message is None:
             log.error("run failed: %s: %s", type(exc).__name__, exc)
             raise
+        if relaunch_resumed and isinstance(exc, CheckpointError):
+            message += f"; {sweeps.RESUME_HINT}"
         log_to_run_log(logging.ERROR, f"run failed: p3bench: error: {message}")
         USER_ERRORS.append(message)
         hydra_cfg = HydraConfig.get()
@@ -113,7 +140,9 @@ def task(cfg: Any) -> float | None:
         if isinstance(exc, P3BenchError):
             raise
         raise P3BenchError(message) from exc
-    return results["metrics"].get("test/accuracy")
+    value = results["metrics"].get("test/accuracy")
+    sweeps.write_completion_marker(output_dir, cfg, value, list(HydraConfig.get().overrides.task))
+    return value
 
 
 #: the one-line user errors of this process's runs (a single run's, or each failed sweep job's)
@@ -200,6 +229,10 @@ def run_command(args: list[str]) -> int:
         from p3bench.report.cli import main as report_main
 
         return report_main(args[1:])
+    if args[:1] == ["cache"]:
+        from p3bench.cache_cli import main as cache_main
+
+        return cache_main(args[1:])
     problem = check_group_overrides(args)
     if problem:
         print(f"p3bench: error: {problem}", file=sys.stderr)

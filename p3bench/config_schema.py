@@ -27,6 +27,8 @@ SCHEMA_NAME = "config_schema"
 REGIMES = ("iso_epoch", "iso_compute")
 #: how a selection is judged (p3bench.eval.icl for icl)
 EVALUATION_MODES = ("finetune", "icl")
+#: where the train pool lives: a list of examples in memory, or an Arrow file on disk (p3bench.data.arrow_pool)
+POOL_STORAGES = ("memory", "arrow")
 #: the largest seed Lightning's seed_everything accepts
 MAX_SEED = 2**32 - 1
 
@@ -67,6 +69,13 @@ class LoaderConfig:
 
 
 @dataclass
+class PoolConfig:
+    storage: str = MISSING
+    num_proc: int = MISSING
+    selection_parquet_above: int = MISSING
+
+
+@dataclass
 class RootConfig:
     """The root keys and their types; values and comments are in ``conf/config.yaml``. The config groups are
     open mappings (a method's options are checked against the method, a dataset's against its adapter)."""
@@ -85,6 +94,7 @@ class RootConfig:
     progress: bool = MISSING
     test_sampling: TestSamplingConfig = field(default_factory=TestSamplingConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     method: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +137,8 @@ _COUNTS = {
     "trainer.max_epochs": 1,
     "trainer.accumulate_grad_batches": 1,
     "trainer.log_every_n_steps": 1,
+    "pool.num_proc": 1,
+    "pool.selection_parquet_above": 0,
 }
 
 
@@ -157,6 +169,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise _bad(key, value, "an integer >= 1 (-1, no epoch limit, only with trainer.max_steps >= 1)")
         if not _is_int(value) or value < minimum:
             raise _bad(key, value, f"an integer >= {minimum}")
+    if _select(cfg, "pool.storage") not in POOL_STORAGES:
+        raise _bad("pool.storage", _select(cfg, "pool.storage"), f"one of {', '.join(POOL_STORAGES)}")
     if cfg.evaluation.mode not in EVALUATION_MODES:
         raise _bad("evaluation.mode", cfg.evaluation.mode, f"one of {', '.join(EVALUATION_MODES)}")
     if cfg.evaluation.mode == "icl" and cfg.regime != "iso_epoch":

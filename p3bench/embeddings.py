@@ -34,8 +34,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from p3bench.cache_store import CacheKey, CacheStore, get_or_create, texts_fingerprint
 from p3bench.errors import ConfigError, ModelLoadError
 from p3bench.registry import Registry
 from p3bench.utils.progress import progress_bar, progress_shown
@@ -112,15 +111,25 @@ def build_embedder(name: str, **kwargs: Any) -> Embedder:
 # -- cache ---------------------------------------------------------------------------------------------
 
 
+EMBEDDINGS_FILE = "vectors.npy"
+
+
+def embeddings_cache_entry_key(embedder: Embedder, texts: Sequence[str]) -> CacheKey:
+    """The cache key of ``texts`` embedded by ``embedder``: kind ``embeddings``, the embedder's fingerprint
+    as the model and the texts in order as the data (:func:`p3bench.cache_store.texts_fingerprint`)."""
+    return CacheKey("embeddings", embedder.name, model=embedder.fingerprint, data=texts_fingerprint(texts))
+
+
 def embeddings_cache_key(embedder: Embedder, texts: Sequence[str]) -> str:
-    """sha256 of the embedder's fingerprint and the texts, in order. Every string is length-prefixed, so no
-    two different (fingerprint, texts) pairs share their hashed bytes."""
-    digest = hashlib.sha256()
-    for part in (embedder.fingerprint, *texts):
-        data = str(part).encode("utf-8")
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
+    """The hash that names the cache entry of ``texts`` under ``embedder``: the
+    :class:`p3bench.cache_store.CacheKey` digest of the kind, the embedder's fingerprint and the texts'
+    fingerprint (their count and sha256 in order, every text length-prefixed)."""
+    return embeddings_cache_entry_key(embedder, list(texts)).digest
+
+
+def embeddings_cache_path(embedder: Embedder, texts: Sequence[str], cache_dir: Path | str) -> Path:
+    """The entry directory of ``texts`` under ``cache_dir``: ``<cache_dir>/embeddings/<name>-<key>/``."""
+    return CacheStore(cache_dir).entry(embeddings_cache_entry_key(embedder, list(texts))).path
 
 
 def _cached(
@@ -131,27 +140,39 @@ def _cached(
         if count:
             return embedder.embed_counted(texts)
         return embedder.embed(texts), 0
-    path = Path(cache_dir) / f"{embedder.name}-{embeddings_cache_key(embedder, texts)}.npy"
-    if path.is_file():
+    computed_tokens = 0
+
+    def load(directory: Path, manifest: dict[str, Any]) -> np.ndarray | None:
         try:
-            cached = np.load(path, allow_pickle=False)
+            cached = np.load(directory / EMBEDDINGS_FILE, allow_pickle=False)
         except (OSError, ValueError, EOFError):
-            cached = None
-        if cached is not None and cached.ndim == 2 and cached.shape[0] == len(texts):
-            tokens = embedder.count_forward_tokens(texts) if count else 0
-            return cached.astype(np.float32, copy=False), int(tokens)
-    vectors, tokens = embedder.embed_counted(texts) if count else (embedder.embed(texts), 0)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    atomic_save_npy(path, vectors)
-    return vectors, int(tokens)
+            return None
+        if cached.ndim != 2 or cached.shape[0] != len(texts):
+            return None
+        return cached.astype(np.float32, copy=False)
+
+    def build(directory: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        nonlocal computed_tokens
+        vectors, computed_tokens = embedder.embed_counted(texts) if count else (embedder.embed(texts), 0)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        np.save(directory / EMBEDDINGS_FILE, vectors, allow_pickle=False)
+        return vectors, {"shape": list(vectors.shape), "dtype": "float32"}
+
+    entry = CacheStore(cache_dir).entry(embeddings_cache_entry_key(embedder, texts))
+    result = get_or_create(entry, load, build)
+    if not result.hit:
+        return result.value, int(computed_tokens)
+    # the tokens belong to the vectors: recounted with the tokenizer alone on a hit
+    return result.value, int(embedder.count_forward_tokens(texts)) if count else 0
 
 
 def cached_embeddings(embedder: Embedder, texts: Sequence[str], cache_dir: Path | str | None) -> np.ndarray:
-    """``embedder.embed(texts)``, stored as ``.npy`` under ``cache_dir`` and reused on later calls.
+    """``embedder.embed(texts)``, stored under ``cache_dir`` and reused on later calls.
 
-    The file is keyed by :func:`embeddings_cache_key` (fingerprint and texts), written atomically (a
-    temporary file in the same directory and ``os.replace``), so concurrent runs and crashes never leave a
-    partial file behind. A cached file of the wrong shape or one that cannot be read is recomputed.
+    The entry is ``<cache_dir>/embeddings/<name>-<key>/`` (:mod:`p3bench.cache_store`, docs/caches.md),
+    keyed by :func:`embeddings_cache_key` (fingerprint and texts): ``vectors.npy`` and a manifest, published
+    whole under a file lock, so concurrent runs compute once and crashes never leave a partial entry
+    behind. An entry that cannot be read or has the wrong shape is recomputed.
     With ``cache_dir=None`` this is just ``embedder.embed(texts)``. :func:`cached_embeddings_counted` also
     gives the forward tokens.
     """
@@ -165,27 +186,6 @@ def cached_embeddings_counted(
     (:meth:`Embedder.embed_counted`) when it runs, a recount with the embedder's tokenizer
     (:meth:`Embedder.count_forward_tokens`) when the cache serves the vectors; the same number either way."""
     return _cached(embedder, texts, cache_dir, count=True)
-
-
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
-    """``np.save`` through a temporary file in the same directory and ``os.replace`` (the binary twin of
-    :func:`p3bench.utils.io.atomic_write_text`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -- transformer encoders ------------------------------------------------------------------------------
@@ -587,7 +587,6 @@ __all__ = [
     "MiniLMEmbedder",
     "TfidfEmbedder",
     "TransformerEmbedder",
-    "atomic_save_npy",
     "build_embedder",
     "cached_embeddings",
     "cached_embeddings_counted",

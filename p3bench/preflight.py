@@ -217,9 +217,23 @@ def load_splits(cfg: DictConfig, hand_off: bool = False) -> Any:
             raise ConfigError(
                 f"{which} dataset {dataset['name']!r} no training examples: expected a non-empty train split"
             )
+    splits = store_pool(splits, cfg)
     if hand_off:
         _HANDOFF.clear()
         _HANDOFF[key] = splits
+    return splits
+
+
+def store_pool(splits: Any, cfg: DictConfig) -> Any:
+    """The splits with the train pool where ``pool.storage`` puts it: unchanged for ``memory``; for
+    ``arrow``, written as an Arrow file under ``paths.cache_dir/pools`` (named by its content, so the same
+    data is written once) and read lazily from there (:class:`p3bench.data.arrow_pool.ArrowPool`)."""
+    from p3bench.data.arrow_pool import ArrowPool
+
+    storage = OmegaConf.select(cfg, "pool.storage", default="memory")
+    if storage != "arrow" or isinstance(splits.train, ArrowPool):
+        return splits
+    splits.train = ArrowPool.from_examples(splits.train, Path(cfg.paths.cache_dir) / "pools")
     return splits
 
 

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p3bench.data.arrow_pool import iter_meta
 from p3bench.data.example import Example
+from p3bench.selection_files import PARQUET_ABOVE, SELECTION_JSONL, write_selection
 from p3bench.utils.hashing import ids_sha256
 from p3bench.utils.io import atomic_write_json, atomic_write_jsonl
 
@@ -23,7 +25,8 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 #: a finished run's results, kept while a resume that changes what they report runs (docs/results.md)
 PREVIOUS_RESULTS_FILE = "results.previous.json"
-SELECTION_FILE = "selection.jsonl"
+#: the selection file of a run up to ``pool.selection_parquet_above`` rows (selection.parquet above)
+SELECTION_FILE = SELECTION_JSONL
 PREDICTIONS_FILE = "predictions.jsonl"
 
 _VERSIONED = (
@@ -54,20 +57,35 @@ def package_versions() -> dict[str, str | None]:
 
 def composition(examples: Sequence[Example]) -> dict[str, Any]:
     """What a set of examples is made of: counts per level and type, and the planted-defect counts that a
-    synthetic dataset's oracle fields record (read for reporting only, never by methods)."""
-    meta = [ex.meta for ex in examples]
+    synthetic dataset's oracle fields record (read for reporting only, never by methods). One pass over
+    the examples' metadata (streamed from the Arrow column for a pool on disk)."""
+    levels: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    domains: Counter[str] = Counter()
+    has_domain = has_defects = False
+    defects = Counter()
+    for m in iter_meta(examples):
+        levels[str(m.get("level"))] += 1
+        types[str(m.get("type"))] += 1
+        domains[str(m.get("domain"))] += 1
+        has_domain = has_domain or "domain" in m
+        if "is_noisy" in m:
+            has_defects = True
+        defects["noisy"] += bool(m.get("is_noisy"))
+        defects["junk"] += bool(m.get("is_junk"))
+        defects["in_duplicate_group"] += m.get("dup_group") is not None
+        defects["duplicate_copies"] += bool(m.get("is_duplicate"))
     summary: dict[str, Any] = {
         "n": len(examples),
-        "per_level": dict(sorted(Counter(str(m.get("level")) for m in meta).items())),
-        "per_type": dict(sorted(Counter(str(m.get("type")) for m in meta).items())),
+        "per_level": dict(sorted(levels.items())),
+        "per_type": dict(sorted(types.items())),
     }
-    if any("domain" in m for m in meta):  # text corpora: the source each document came from
-        summary["per_domain"] = dict(sorted(Counter(str(m.get("domain")) for m in meta).items()))
-    if any("is_noisy" in m for m in meta):
-        summary["noisy"] = sum(bool(m.get("is_noisy")) for m in meta)
-        summary["junk"] = sum(bool(m.get("is_junk")) for m in meta)
-        summary["in_duplicate_group"] = sum(m.get("dup_group") is not None for m in meta)
-        summary["duplicate_copies"] = sum(bool(m.get("is_duplicate")) for m in meta)
+    if has_domain:  # text corpora: the source each document came from
+        summary["per_domain"] = dict(sorted(domains.items()))
+    if has_defects:
+        summary.update(
+            {key: defects[key] for key in ("noisy", "junk", "in_duplicate_group", "duplicate_copies")}
+        )
     return summary
 
 
@@ -95,7 +113,7 @@ def selection_summary(datamodule: Any) -> dict[str, Any]:
                 "seconds": round(r.seconds, 4),
                 "diagnostics": r.diagnostics,
                 # what this round trained on (levels, domains, planted defects): what reports chart per round
-                "composition": composition([datamodule.pool[datamodule.index_of[i]] for i in r.ids]),
+                "composition": composition(datamodule.selected_examples([r])),
             }
             for r in rounds
         ],
@@ -128,11 +146,17 @@ def selection_rows(datamodule: Any) -> list[dict[str, Any]]:
 
 
 def write_run_files(
-    output_dir: str | Path, results: dict[str, Any], selection: list[dict], predictions: list[dict]
+    output_dir: str | Path,
+    results: dict[str, Any],
+    selection: list[dict],
+    predictions: list[dict],
+    selection_parquet_above: int = PARQUET_ABOVE,
 ) -> Path:
-    """Write the selection and prediction files, then results.json last (its presence marks a finished run)."""
+    """Write the selection and prediction files, then results.json last (its presence marks a finished run).
+    The selection is ``selection.jsonl``, or ``selection.parquet`` above ``selection_parquet_above`` rows
+    (:mod:`p3bench.selection_files`)."""
     output_dir = Path(output_dir)
-    atomic_write_jsonl(output_dir / SELECTION_FILE, selection)
+    write_selection(output_dir, selection, selection_parquet_above)
     atomic_write_jsonl(output_dir / PREDICTIONS_FILE, predictions)
     return atomic_write_json(output_dir / RESULTS_FILE, results)
 

@@ -47,6 +47,8 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    # where the pool lives and how its files are written: the same selections either way
+    "pool",
 )
 
 #: of those, the ones that change the results a finished run reports

@@ -18,6 +18,7 @@ from p3bench.callbacks import RunState, TokenBudget
 from p3bench.checkpoints import AtomicCheckpointIO
 from p3bench.compute import model_size, run_compute, selection_backward_tokens
 from p3bench.data import DatasetSplits
+from p3bench.data.arrow_pool import pool_texts
 from p3bench.errors import Interrupted
 from p3bench.eval.answers import EVALUATORS
 from p3bench.methods.base import SelectionDataModule
@@ -164,7 +165,13 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items()})
-            write_run_files(output_dir, results, selection_rows(datamodule), module.test_records)
+            write_run_files(
+                output_dir,
+                results,
+                selection_rows(datamodule),
+                module.test_records,
+                selection_parquet_above=int(cfg.pool.selection_parquet_above),
+            )
             (output_dir / PREVIOUS_RESULTS_FILE).unlink(missing_ok=True)  # replaced: no longer needed
             log_run_to_wandb(trainer.loggers, results, output_dir)
     finally:
@@ -180,10 +187,11 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits) -> SelectionDataMod
     method_cls, method_cfg = method_options(cfg)
     # a method config may set its own batching (in-batch reweighting: random batches); null: the loader's
     own_grouping = method_cfg.pop("length_grouping", None)
-    tokenizer = build_tokenizer(
-        cfg.model.tokenizer, [ex.prompt + ex.target for ex in splits.train], cfg.paths.cache_dir, cfg.offline
-    )
-    return method_cls(
+    # the pool's texts train a local tokenizer (an Arrow pool streams them, never holding them all)
+    texts = pool_texts(splits.train) if cfg.model.tokenizer.get("kind") == "local_bpe" else []
+    tokenizer = build_tokenizer(cfg.model.tokenizer, texts, cfg.paths.cache_dir, cfg.offline)
+    del texts
+    datamodule = method_cls(
         splits=splits,
         tokenizer=tokenizer,
         budget=cfg.budget,
@@ -196,6 +204,8 @@ def build_datamodule(cfg: DictConfig, splits: DatasetSplits) -> SelectionDataMod
         cache_dir=cfg.paths.cache_dir,
         **method_cfg,
     )
+    datamodule.pool_num_proc = int(cfg.pool.num_proc)
+    return datamodule
 
 
 def use_demonstrations(cfg: DictConfig, datamodule: SelectionDataModule) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from p3bench.results import (
     defect_shares,
     summary_metrics,
 )
+from p3bench.selection_files import SELECTION_PARQUET
 
 #: prefix of the per-round metrics
 PREFIX = "selection/"
@@ -212,7 +213,7 @@ def log_run_to_wandb(loggers: Iterable[Any], results: dict[str, Any], output_dir
         artifact = wandb.Artifact(
             artifact_name(results), type=ARTIFACT_TYPE, metadata=artifact_metadata(results)
         )
-        for name in (SELECTION_FILE, RESULTS_FILE):
+        for name in (SELECTION_FILE, SELECTION_PARQUET, RESULTS_FILE):
             if (output_dir / name).is_file():
                 # the run's files are final: referenced where they are rather than copied to wandb's staging
                 artifact.add_file(str(output_dir / name), name=name, policy="immutable")

@@ -247,7 +247,7 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
         line = f"{group}: {', '.join(group_choices(group))}"
         assert line in done.stdout, done.stdout[:2000]
     for line in (
-        "dataset: alpaca, apps, c4, dolly, gsm8k, gsm8k_instruct, gutenberg, instruction_transfer, math, pile,",
+        "dataset: alpaca, apps, c4, corpus_files, dolly, gsm8k, gsm8k_instruct, gutenberg, instruction_transfer, math,",
         "model: hf, llama_1p3b, micro, tiny",
     ):
         assert line in done.stdout, done.stdout[:2000]

@@ -270,7 +270,7 @@ def test_an_ask_llm_standin_records_encoder_and_decoder_flops(splits, tmp_path: 
     assert encoder_forward + len(dm.pool) == record.forward_tokens
     assert parts["selection_train", "decoder"]["tokens"] == 2 * 5 * 4 == info["train_decoder_tokens"]
     assert parts["selection_train", "encoder"]["tokens"] == info["train_encoder_tokens"] > 0
-    (path,) = (p for p in (tmp_path / "standins").glob("askllm-small-*") if p.is_dir())
+    (path,) = (p for p in (tmp_path / "weights").glob("askllm-small-*") if p.is_dir())
     size = model_size(T5ForConditionalGeneration.from_pretrained(path))
     assert size.decoder_params is not None
     for (role, part), component in parts.items():

@@ -198,8 +198,10 @@ def test_cache_hit_is_not_recomputed(tmp_path: Path) -> None:
     assert embedder.calls == 1  # read back, not recomputed
     np.testing.assert_array_equal(first, second)
     assert second.dtype == np.float32
-    files = sorted((tmp_path / "emb").iterdir())
-    assert [f.name for f in files] == [f"counting-{embeddings_cache_key(embedder, texts)}.npy"]  # no tmp left
+    entries = sorted((tmp_path / "emb" / "embeddings").iterdir())
+    assert [e.name for e in entries] == [f"counting-{embeddings_cache_key(embedder, texts)}"]  # no tmp left
+    assert sorted(f.name for f in entries[0].iterdir()) == ["manifest.json", "vectors.npy"]
+    files = [entries[0] / "vectors.npy"]
     # other texts, or the same texts in another order, are another entry
     cached_embeddings(embedder, texts[::-1], tmp_path / "emb")
     assert embedder.calls == 2

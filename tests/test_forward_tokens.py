@@ -117,11 +117,11 @@ def minilm_tokens(texts: list[str]) -> int:
     return mask_sum(reference, [t.strip() for t in texts], truncation=True, max_length=MINILM_MAX_LENGTH)
 
 
-def drop_count(sidecar: Path) -> None:
-    """Make a sidecar look like one written before it held the forward tokens."""
-    data = json.loads(sidecar.read_text())
-    del data["forward_tokens"]
-    sidecar.write_text(json.dumps(data))
+def drop_count(manifest: Path) -> None:
+    """Make a cache entry's manifest look like one without the forward tokens."""
+    data = json.loads(manifest.read_text())
+    del data["info"]["forward_tokens"]
+    manifest.write_text(json.dumps(data))
 
 
 # -- scorers and the score cache -------------------------------------------------------------------------------
@@ -147,11 +147,10 @@ def test_ask_llm_forward_tokens_equal_an_independent_count_on_a_miss_and_a_hit(
     assert not first.from_cache and second.from_cache
     assert first.forward_tokens == second.forward_tokens == expected
     np.testing.assert_allclose(first.scores, scores)
-    sidecar = scores_cache_path(scorer, TEXTS, tmp_path).with_suffix(".json")
-    assert json.loads(sidecar.read_text())["forward_tokens"] == expected
-    drop_count(sidecar)  # an older cache entry: recounted with the tokenizer and the sidecar completed
+    manifest = scores_cache_path(scorer, TEXTS, tmp_path).parent / "manifest.json"
+    assert json.loads(manifest.read_text())["info"]["forward_tokens"] == expected
+    drop_count(manifest)  # a manifest without the count: recounted with the tokenizer
     assert cached_scores_counted(scorer, TEXTS, tmp_path).forward_tokens == expected
-    assert json.loads(sidecar.read_text())["forward_tokens"] == expected
     assert cached_scores_counted(scorer, TEXTS, None).forward_tokens == expected  # no cache at all
 
 
@@ -166,7 +165,7 @@ def test_perplexity_forward_tokens_equal_an_independent_count_on_a_miss_and_a_hi
     first = cached_scores_counted(scorer, TEXTS, tmp_path)
     second = cached_scores_counted(scorer, TEXTS, tmp_path)
     assert second.from_cache and first.forward_tokens == second.forward_tokens == expected
-    drop_count(scores_cache_path(scorer, TEXTS, tmp_path).with_suffix(".json"))
+    drop_count(scores_cache_path(scorer, TEXTS, tmp_path).parent / "manifest.json")
     assert cached_scores_counted(scorer, TEXTS, tmp_path).forward_tokens == expected
 
 

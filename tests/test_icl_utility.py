@@ -377,8 +377,8 @@ def test_cache_hit_returns_the_same_kernel_without_forward_passes(tokenizer, exa
         model, tokenizer, examples[:4], examples, cache_dir=tmp_path, progress=False
     ).from_cache
     assert calls[0] > before
-    assert len(list(tmp_path.glob("icl-utility-*.npz"))) == 3
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert len(list((tmp_path / "kernels").glob("icl-utility-*/distances.npz"))) == 3
+    assert not list((tmp_path / "kernels").glob(".*.tmp"))
 
 
 # -- errors ----------------------------------------------------------------------------------------------

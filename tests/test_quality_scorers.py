@@ -335,7 +335,10 @@ class Counting:
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+    """The cache's files, lock files left out (they stay, empty, for the next writer)."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.rglob("*") if p.is_file() and ".locks" not in p.parts)
 
 
 def test_cache_reuses_and_misses(tmp_path: Path) -> None:
@@ -346,9 +349,10 @@ def test_cache_reuses_and_misses(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, [len(t) for t in TEXTS])
     path = scores_cache_path(scorer, TEXTS, tmp_path, name="count")
-    sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["fingerprint"] == "counting|v1" and sidecar["n"] == len(TEXTS)
-    assert sidecar["computed_at"] and sidecar["file"] == path.name
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert manifest["model"] == "counting|v1" and manifest["data"]["n"] == len(TEXTS)
+    assert manifest["created"] and list(manifest["files"]) == [path.name]
+    assert path.parent.parent == tmp_path / "scores" and path.parent.name.startswith("count-")
     cached_scores(scorer, TEXTS[::-1], tmp_path, name="count")  # same texts, other order: a miss
     assert scorer.calls == 2
     cached_scores(scorer, TEXTS[:-1], tmp_path, name="count")
@@ -362,7 +366,7 @@ def test_cache_reuses_and_misses(tmp_path: Path) -> None:
     assert not any(name.endswith(".tmp") for name in _files(tmp_path))
     default = tmp_path / "default"
     cached_scores(scorer, TEXTS, default)  # the file is named after the scorer
-    assert scores_cache_path(scorer, TEXTS, default).name.startswith("counting-")
+    assert scores_cache_path(scorer, TEXTS, default).parent.name.startswith("counting-")
     assert scores_cache_path(scorer, TEXTS, default).is_file() and scorer.calls == 6
 
 
@@ -425,8 +429,9 @@ def test_cache_with_a_real_scorer(tmp_path: Path, tokenizer, t5) -> None:
     scorer = AskLLMScorer(t5, tokenizer, progress=False)
     scores = cached_scores(scorer, TEXTS, tmp_path, name="askllm")
     np.testing.assert_array_equal(cached_scores(scorer, TEXTS, tmp_path, name="askllm"), scores)
-    sidecar = json.loads(
-        scores_cache_path(scorer, TEXTS, tmp_path, name="askllm").with_suffix(".json").read_text()
+    manifest = json.loads(
+        (scores_cache_path(scorer, TEXTS, tmp_path, name="askllm").parent / "manifest.json").read_text()
     )
-    assert sidecar["fingerprint"] == scorer.fingerprint
-    assert sidecar["scorer"]["normalisation"] == "full" and sidecar["scorer"]["paper"] == "arXiv 2402.09668"
+    assert manifest["model"] == scorer.fingerprint
+    info = manifest["info"]
+    assert info["scorer"]["normalisation"] == "full" and info["scorer"]["paper"] == "arXiv 2402.09668"

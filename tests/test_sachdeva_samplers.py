@@ -167,7 +167,7 @@ def test_semdedup_removes_the_planted_near_duplicates_and_keeps_one_of_each(pool
 def test_semdedup_and_prototypes_share_one_cached_clustering(pool, tmp_path: Path):
     a = build(pool, "semdedup", cache=tmp_path, embedder="tfidf").select(ctx())
     b = build(pool, "prototypes", cache=tmp_path, embedder="tfidf").select(ctx())
-    assert len(list((tmp_path / "clusters").glob("*.labels.npy"))) == 1
+    assert len(list((tmp_path / "clusterings").glob("*/labels.npy"))) == 1
     assert a.diagnostics["n_clusters"] == b.diagnostics["n_clusters"]
 
 

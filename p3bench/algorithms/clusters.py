@@ -7,8 +7,10 @@ LLMs" (arXiv 2402.09668, App. B.3 and B.4). There they share one k-means cluster
 Entry points
 ------------
 - :func:`spherical_kmeans`: k-means on L2-normalised vectors (scikit-learn), unit-norm centroids, labels
-  refined so that every point belongs to its most cosine-similar centroid. :func:`default_n_clusters` is
-  the default number of clusters.
+  refined so that every point belongs to its most cosine-similar centroid, or the spherical Lloyd
+  iterations of :func:`lloyd_kmeans`, which give the same clustering on any number of processes.
+  :func:`default_n_clusters` is the default number of clusters. Both live in
+  :mod:`p3bench.algorithms.kmeans` and are re-exported here.
 - :func:`semdedup_scores`, :func:`semdedup`, :func:`semdedup_at_threshold`: SemDeDup (Abbas et al.,
   "SemDeDup: Data-efficient learning at web-scale through semantic deduplication", arXiv 2303.09540).
 - :func:`prototypes`: SSL Prototypes (Sorscher et al., "Beyond neural scaling laws: beating power law
@@ -70,22 +72,31 @@ of :func:`spherical_kmeans` and over the clusters of :func:`semdedup_scores`.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
-from sklearn.exceptions import ConvergenceWarning
-from threadpoolctl import threadpool_limits
 
-from p3bench.errors import ConfigError, DataError
+from p3bench.algorithms.kmeans import (
+    KMEANS_ALGORITHMS,
+    MAX_DEFAULT_CLUSTERS,
+    MINIBATCH_THRESHOLD,
+    KMeansResult,
+    _check_positive_int,
+    _normalised_means,
+    _unit_rows,
+    default_n_clusters,
+    lloyd_kmeans,
+    spherical_kmeans,
+)
+from p3bench.errors import ConfigError
 from p3bench.utils.progress import progress_bar
 
 __all__ = [
     "CUTS",
     "DEFAULT_BLOCK_SIZE",
     "KEEPS",
+    "KMEANS_ALGORITHMS",
     "MAX_DEFAULT_CLUSTERS",
     "MINIBATCH_THRESHOLD",
     "KMeansResult",
@@ -93,6 +104,7 @@ __all__ = [
     "SemDeDupResult",
     "SemDeDupScores",
     "default_n_clusters",
+    "lloyd_kmeans",
     "prototypes",
     "semdedup",
     "semdedup_at_threshold",
@@ -104,77 +116,14 @@ __all__ = [
 KEEPS: tuple[str, ...] = ("farthest", "nearest")
 #: How Prototypes spreads the budget over the clusters.
 CUTS: tuple[str, ...] = ("global", "per_cluster")
-#: Cap of :func:`default_n_clusters`: the 10,000 clusters of Sachdeva et al. (arXiv 2402.09668, App. B.3).
-MAX_DEFAULT_CLUSTERS = 10_000
-#: From this many points on, :func:`spherical_kmeans` uses ``MiniBatchKMeans`` instead of ``KMeans``.
-MINIBATCH_THRESHOLD = 500_000
 #: Tile size (rows) of the blockwise within-cluster similarity computation.
 DEFAULT_BLOCK_SIZE = 2048
-#: k-means++ seeding runs on a seeded subsample of ``max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER * k)``
-#: points (all points when there are fewer): seeding on all points costs ``O(n k d log k)`` and dominated
-#: the run time of the fit at ``n = 1e5``.
-INIT_SAMPLE_MIN = 10_000
-INIT_SAMPLE_PER_CLUSTER = 32
-#: Rows per chunk when assigning points to centroids (bounds the ``chunk x k`` similarity block).
-_ASSIGN_CHUNK = 8192
 #: M of a point with no earlier point in its cluster (the lowest possible cosine similarity).
 _NO_EARLIER = -1.0
 
 
 # --------------------------------------------------------------------------------------------------------
 # Results
-
-
-@dataclass(frozen=True)
-class KMeansResult:
-    """A spherical k-means clustering (what :func:`spherical_kmeans` returns).
-
-    Attributes:
-        labels: ``(n,)`` int64 cluster id of every point, in ``[0, n_clusters)``.
-        centroids: ``(n_clusters, d)`` float32 unit-norm centroids: the normalised mean of the cluster's
-            (normalised) points. A cluster can only be empty when there are fewer distinct points than
-            clusters; it then has a zero row (or the last centroid it had) and ``sizes`` shows it.
-        n_iter: k-means iterations run by scikit-learn plus the spherical refinement passes.
-        mean_cosine: mean cosine similarity of the points to their own centroid (the spherical k-means
-            objective, higher is tighter).
-        algorithm: ``"kmeans"`` or ``"minibatch"``.
-    """
-
-    labels: NDArray[np.int64]
-    centroids: NDArray[np.float32]
-    n_iter: int
-    mean_cosine: float
-    algorithm: str = "kmeans"
-
-    @classmethod
-    def from_arrays(cls, labels: ArrayLike, centroids: ArrayLike) -> KMeansResult:
-        """A result rebuilt from saved ``labels`` and ``centroids`` (for example a cache). The embeddings are
-        not at hand, so ``n_iter`` is 0 and ``mean_cosine`` is NaN."""
-        lab = np.asarray(labels)
-        cen = np.asarray(centroids, dtype=np.float32)
-        if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer) or cen.ndim != 2:
-            raise ConfigError(
-                f"labels of shape {lab.shape} and centroids of shape {cen.shape}: expected (n,) ints and (k, d)"
-            )
-        if lab.size and (lab.min() < 0 or lab.max() >= cen.shape[0]):
-            raise ConfigError(
-                f"cluster labels span [{int(lab.min())}, {int(lab.max())}]: expected 0 <= label < {cen.shape[0]}"
-            )
-        return cls(
-            labels=lab.astype(np.int64),
-            centroids=np.ascontiguousarray(cen),
-            n_iter=0,
-            mean_cosine=math.nan,
-        )
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.centroids.shape[0])
-
-    @property
-    def sizes(self) -> NDArray[np.int64]:
-        """``(n_clusters,)`` number of points in each cluster."""
-        return np.bincount(self.labels, minlength=self.n_clusters).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -302,27 +251,6 @@ class PrototypesResult:
 # Validation helpers
 
 
-def _unit_rows(X: ArrayLike) -> NDArray[np.float32]:
-    """Rows of ``X`` L2-normalised, float32, C-contiguous (norms accumulated in float64)."""
-    A = np.asarray(X)
-    if A.ndim != 2 or A.shape[0] == 0 or A.shape[1] == 0:
-        raise DataError(f"embeddings have shape {A.shape}: expected a non-empty 2-D array (n, d)")
-    if A.dtype == np.bool_ or not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A):
-        raise DataError(f"embeddings have dtype {A.dtype}: expected real numbers")
-    if A.dtype != np.float64:
-        A = A.astype(np.float32, copy=False)
-    norms = np.sqrt(np.einsum("ij,ij->i", A, A, dtype=np.float64))
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if bad.size:
-        raise DataError(
-            f"embedding row {int(bad[0])} is zero or not finite ({bad.size} such rows): "
-            "expected finite non-zero vectors"
-        )
-    if A.dtype == np.float64:
-        return np.ascontiguousarray(A / norms[:, None], dtype=np.float32)
-    return np.ascontiguousarray(A / norms.astype(np.float32)[:, None])
-
-
 def _check_budget(budget: int, n: int) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise ConfigError(f"budget={budget!r} is not an integer: expected a count 0 <= budget <= {n}")
@@ -335,30 +263,6 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}: expected one of {', '.join(choices)}")
     return value
-
-
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name}={value!r} is invalid: expected a positive integer")
-    return int(value)
-
-
-def _normalised_means(Xn: NDArray[np.float32], labels: NDArray[np.int64], k: int) -> NDArray[np.float32]:
-    """Normalised mean of each cluster's rows; an empty cluster gets a zero row."""
-    sums = np.zeros((k, Xn.shape[1]), dtype=np.float64)
-    _segment_sums(Xn, labels, sums)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0).astype(np.float32)
-
-
-def _segment_sums(Xn: NDArray[np.float32], labels: NDArray[np.int64], out: NDArray[np.float64]) -> None:
-    """``out[c] += sum of rows with label c`` by sorting the labels (faster than ``np.add.at``)."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    # float32 sums: a float64 reduceat is several times slower and the direction of a mean of unit
-    # vectors does not need the extra precision.
-    out[sorted_labels[starts]] += np.add.reduceat(Xn[order], starts, axis=0)
 
 
 def _resolve_clusters(
@@ -389,134 +293,6 @@ def _resolve_clusters(
     elif k > centroids.shape[0]:
         raise ConfigError(f"cluster label {k - 1} has no centroid: expected labels < {centroids.shape[0]}")
     return labels, centroids
-
-
-# --------------------------------------------------------------------------------------------------------
-# Spherical k-means
-
-
-def default_n_clusters(n: int) -> int:
-    """The default number of clusters for ``n`` points: ``round(sqrt(n))``, at least 1, at most
-    :data:`MAX_DEFAULT_CLUSTERS` (10,000).
-
-    ``sqrt(n)`` clusters of about ``sqrt(n)`` points each balance the two costs: the k-means assignment
-    (``n k d`` per iteration) and SemDeDup's within-cluster similarities (``n n_c d / 2``), both
-    ``O(n^1.5 d)``. At the scale of Sachdeva et al. (364M points) the cap gives their 10,000 clusters; their
-    ratio of ~36,000 points per cluster would leave a pool below that size with a single cluster.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"n={n!r} is invalid: expected a number of points >= 1")
-    return int(min(MAX_DEFAULT_CLUSTERS, max(1, round(math.sqrt(int(n))))))
-
-
-def _assign(Xn: NDArray[np.float32], centroids: NDArray[np.float32]) -> NDArray[np.int64]:
-    """Most cosine-similar centroid of every row (ties: the lower id); zero centroids never win."""
-    n = Xn.shape[0]
-    dead = ~np.any(centroids != 0, axis=1)
-    labels = np.empty(n, dtype=np.int64)
-    for a in range(0, n, _ASSIGN_CHUNK):
-        S = Xn[a : a + _ASSIGN_CHUNK] @ centroids.T
-        S[:, dead] = -np.inf
-        labels[a : a + _ASSIGN_CHUNK] = np.argmax(S, axis=1)
-    return labels
-
-
-def spherical_kmeans(
-    X: ArrayLike,
-    n_clusters: int | None = None,
-    seed: int = 0,
-    *,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    refine_iter: int = 10,
-    minibatch: bool | None = None,
-    batch_size: int = 4096,
-    progress: bool = False,
-) -> KMeansResult:
-    """k-means on the L2-normalised rows of ``X`` with unit-norm centroids.
-
-    Steps: (1) k-means++ seeding (``sklearn.cluster.kmeans_plusplus``) on a seeded subsample of
-    ``max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER * k)`` points; (2) Lloyd iterations of
-    ``sklearn.cluster.KMeans`` on all normalised points, or ``MiniBatchKMeans`` (``batch_size``) when
-    ``minibatch`` is True or, by default, when ``n >= MINIBATCH_THRESHOLD`` (500,000); (3) up to
-    ``refine_iter`` spherical Lloyd passes: centroids = normalised cluster means, each point reassigned to
-    its most cosine-similar centroid, until no label changes. Euclidean k-means on the unit sphere nearly
-    optimises the same objective, so the refinement usually changes few labels; it makes the labels agree
-    with the unit centroids that SemDeDup and Prototypes measure against. The returned centroids are the
-    normalised means of the returned labels.
-
-    Args:
-        X: ``(n, d)`` embeddings (normalised here).
-        n_clusters: ``1 <= k <= n``; None uses :func:`default_n_clusters`.
-        seed: seeds the subsample and scikit-learn; the same inputs and seed give the same clustering.
-        max_iter, tol: passed to scikit-learn.
-        refine_iter: maximum spherical refinement passes (0 disables them).
-        minibatch: force (True) or forbid (False) ``MiniBatchKMeans``; None picks by size.
-        batch_size: ``MiniBatchKMeans`` batch size.
-        progress: a progress bar over the steps: seeding, the scikit-learn fit, each refinement pass.
-    """
-    Xn = _unit_rows(X)
-    n = Xn.shape[0]
-    k = default_n_clusters(n) if n_clusters is None else n_clusters
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ConfigError(f"n_clusters={k!r} is out of range: expected an integer 1 <= n_clusters <= {n}")
-    k = int(k)
-    max_iter = _check_positive_int("max_iter", max_iter)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol >= 0):
-        raise ConfigError(f"tol={tol!r} is invalid: expected a finite number >= 0")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed={seed!r} is invalid: expected an integer")
-    if isinstance(refine_iter, bool) or not isinstance(refine_iter, (int, np.integer)) or refine_iter < 0:
-        raise ConfigError(f"refine_iter={refine_iter!r} is invalid: expected an integer >= 0")
-    use_minibatch = n >= MINIBATCH_THRESHOLD if minibatch is None else bool(minibatch)
-
-    rng = np.random.default_rng(seed)
-    n_init_sample = min(n, max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER * k))
-    sample = np.sort(rng.choice(n, size=n_init_sample, replace=False)) if n_init_sample < n else slice(None)
-    sk_seed = int(rng.integers(0, 2**31 - 1))
-    steps = 2 + int(refine_iter)
-    with progress_bar(total=steps, desc=f"k-means (k={k})", unit="step", enabled=progress) as bar:
-        bar.set_postfix_str("seeding", refresh=False)
-        with warnings.catch_warnings():
-            # Fewer distinct points than clusters: scikit-learn warns and leaves duplicate centres; the
-            # refinement below then leaves the surplus clusters empty, which the result reports in ``sizes``.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            with threadpool_limits(limits=1, user_api="blas"):
-                # Seeding runs thousands of tiny matrix products; BLAS threads only add synchronisation.
-                init, _ = kmeans_plusplus(Xn[sample].astype(np.float64), k, random_state=sk_seed)
-            bar.set_postfix_str("fitting", refresh=False)
-            bar.update(1)
-            common = dict(n_clusters=k, init=init.astype(np.float32), n_init=1, max_iter=max_iter, tol=tol)
-            if use_minibatch:
-                est = MiniBatchKMeans(**common, batch_size=batch_size, random_state=sk_seed)
-            else:
-                est = KMeans(**common, random_state=sk_seed)
-            est.fit(Xn)
-        bar.set_postfix_str("refining", refresh=False)
-        bar.update(1)
-        labels = est.labels_.astype(np.int64)
-        n_iter = int(est.n_iter_)
-        centroids = _normalised_means(Xn, labels, k)
-        for _ in range(refine_iter):
-            # A cluster emptied by a pass keeps its previous centroid and may win points back in the next.
-            new_labels = _assign(Xn, centroids)
-            n_iter += 1
-            bar.update(1)
-            if np.array_equal(new_labels, labels):
-                break
-            labels = new_labels
-            means = _normalised_means(Xn, labels, k)
-            filled = np.bincount(labels, minlength=k) > 0
-            centroids = np.where(filled[:, None], means, centroids)
-    sims = np.einsum("ij,ij->i", Xn, centroids[labels], dtype=np.float64)
-    return KMeansResult(
-        labels=labels,
-        centroids=np.ascontiguousarray(centroids, dtype=np.float32),
-        n_iter=n_iter,
-        mean_cosine=float(sims.mean()),
-        algorithm="minibatch" if use_minibatch else "kmeans",
-    )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -31,6 +31,11 @@ up to the finaliser's quality (``tests/test_density.py`` checks the spread with 
 bucket collisions add about ``(n - s) / B`` to the expected count of a point whose kernel sum is ``s``;
 ``debias=True`` subtracts that (the paper does not).
 
+The table is a :class:`~p3bench.algorithms.density_sketch.RaceSketch`: ``update(X_shard)`` adds a shard's
+points, ``merge`` (or an all-reduce of the counts) sums two shards' tables exactly, and ``query`` reads the
+scores, so a pool split across processes gets the scores of one pass over the whole pool
+(:func:`p3bench.sharded.sharded_lsh_kernel_sums`).
+
 Sizes and cost
 --------------
 Hashing costs ``n * dim * R * K`` multiply-adds per pass (a float32 matmul, in chunks of ``chunk_size``
@@ -40,7 +45,7 @@ defaults are ``R = 128`` rows of ``K = 8`` hashes and ``B = 20,000`` buckets (:d
 the sketch's scores have a Spearman rank correlation of about 0.95 with the exact sums of ``p(d)^8``
 (0.97 with ``R = 256``, 0.98 with ``R = 512``), and 1,000,000 x 384 float32 embeddings take 12-16 s on
 2 busy CPU cores, 32 s when pass 2 hashes again, with about 360 MiB of working memory
-(``benchmarks/density_sketch.py``). The sketch itself is ``R x B`` int32 (10 MB). The matmul uses the BLAS
+(``benchmarks/density_sketch.py``). The sketch itself is ``R x B`` int64 counts (20 MB), read as int32. The matmul uses the BLAS
 threads the caller allows (``threadpoolctl``); nothing else is threaded.
 
 Where this departs from the paper, and why
@@ -71,13 +76,20 @@ the sketch estimates and for the Gaussian kernel, to validate the sketch on smal
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import erf
 
+from p3bench.algorithms.density_sketch import (
+    DEFAULT_CHUNK_SIZE,
+    PStableHash,
+    RaceSketch,
+    _as_matrix,
+    _check_count,
+    _check_positive,
+)
 from p3bench.errors import ConfigError
 from p3bench.utils.progress import progress_bar
 
@@ -92,6 +104,7 @@ __all__ = [
     "EXACT_KERNELS",
     "DensityResult",
     "PStableHash",
+    "RaceSketch",
     "default_bandwidth",
     "density_sample",
     "exact_kernel_sums",
@@ -106,8 +119,6 @@ DEFAULT_ROWS = 128
 DEFAULT_BUCKETS = 20_000
 #: p-stable hashes concatenated per row ``K``: the sketch estimates sums of ``p(d)^K``.
 DEFAULT_HASHES_PER_ROW = 8
-#: Rows of ``X`` hashed at a time (memory about ``chunk_size * R * K * 12`` bytes).
-DEFAULT_CHUNK_SIZE = 4096
 #: :func:`default_bandwidth` uses the pairs of a seeded sample of this many rows ...
 BANDWIDTH_SAMPLE = 1000
 #: ... and this quantile of their distances (the median).
@@ -115,11 +126,6 @@ BANDWIDTH_QUANTILE = 0.5
 #: ``cache_buckets=None`` keeps pass 1's bucket ids when they take at most this many bytes.
 CACHE_LIMIT_BYTES = 2**30
 EXACT_KERNELS: tuple[str, ...] = ("pstable", "gaussian")
-
-_SHIFT32 = np.uint64(32)
-_SHIFT33 = np.uint64(33)
-_LOW32 = np.uint64(0xFFFFFFFF)
-_FMIX_MULTIPLIERS = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -173,132 +179,6 @@ def default_bandwidth(
 
 
 # --------------------------------------------------------------------------------------------------------
-# The LSH family
-
-
-@dataclass(frozen=True)
-class PStableHash:
-    """``R`` rows of ``K`` Gaussian p-stable hashes each, and the universal hash of each row's code into
-    ``B`` buckets. Built deterministically from ``seed`` by :meth:`create`.
-
-    Attributes:
-        projections: ``(dim, K*R)`` float32, ``a / w`` with ``a ~ N(0, I)`` (column ``j*R + r`` is hash
-            ``j`` of row ``r``).
-        offsets: ``(K*R,)`` float32, ``b / w`` with ``b ~ U[0, w)``, i.e. uniform in ``[0, 1)``.
-        multipliers: ``(K, R)`` uint64, the multipliers of the multiply-add hash.
-        increments: ``(R,)`` uint64, its increments.
-        buckets: ``B``.
-        bandwidth: ``w``.
-    """
-
-    projections: NDArray[np.float32]
-    offsets: NDArray[np.float32]
-    multipliers: NDArray[np.uint64]
-    increments: NDArray[np.uint64]
-    buckets: int
-    bandwidth: float
-
-    @classmethod
-    def create(
-        cls, dim: int, *, rows: int, buckets: int, bandwidth: float, hashes_per_row: int = 1, seed: int = 0
-    ) -> PStableHash:
-        """Draw the hash functions from ``np.random.default_rng(seed)``."""
-        dim = _check_count("dim", dim)
-        rows = _check_count("rows", rows)
-        buckets = _check_count("buckets", buckets)
-        if buckets > 2**32:
-            raise ConfigError(f"buckets={buckets} is too large: expected at most 2**32")
-        hashes_per_row = _check_count("hashes_per_row", hashes_per_row)
-        w = _check_positive("bandwidth", bandwidth)
-        rng = np.random.default_rng(seed)
-        m = rows * hashes_per_row
-        projections = (rng.standard_normal((dim, m)) / w).astype(np.float32)
-        offsets = rng.random(m).astype(np.float32)
-        multipliers = rng.integers(0, 2**64, size=(hashes_per_row, rows), dtype=np.uint64, endpoint=False)
-        increments = rng.integers(0, 2**64, size=rows, dtype=np.uint64, endpoint=False)
-        return cls(projections, offsets, multipliers, increments, buckets, w)
-
-    @property
-    def rows(self) -> int:
-        return int(self.multipliers.shape[1])
-
-    @property
-    def hashes_per_row(self) -> int:
-        return int(self.multipliers.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.projections.shape[0])
-
-    def codes(self, X: ArrayLike) -> NDArray[np.int64]:
-        """The raw p-stable codes ``floor((a.x + b) / w)``, ``(n, R, K)`` int64 (no chunking; for tests
-        and small inputs)."""
-        A = _as_matrix(X, np.float32)
-        proj = A @ self.projections
-        proj += self.offsets
-        codes = np.floor(proj).astype(np.int64).reshape(A.shape[0], self.hashes_per_row, self.rows)
-        return codes.transpose(0, 2, 1).copy()
-
-    def bucket_ids(self, X: ArrayLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> NDArray[np.int64]:
-        """``h_r(x)`` in ``[0, B)`` for every row of ``X`` and every sketch row, ``(n, R)`` int64."""
-        A = _as_matrix(X, np.float32)
-        out = np.empty((A.shape[0], self.rows), dtype=np.int64)
-        hasher = _ChunkHasher(self, chunk_size)
-        for start, ids in hasher.iterate(A):
-            out[start : start + ids.shape[0]] = ids
-        return out
-
-
-class _ChunkHasher:
-    """Hashes row chunks into preallocated buffers (large temporaries are slow to allocate)."""
-
-    def __init__(self, lsh: PStableHash, chunk_size: int) -> None:
-        self.lsh = lsh
-        self.chunk_size = chunk_size
-        m = lsh.projections.shape[1]
-        self.proj = np.empty((chunk_size, m), dtype=np.float32)
-        self.word = np.empty((chunk_size, m), dtype=np.uint64)
-        self.ids = np.empty((chunk_size, lsh.rows), dtype=np.uint64)
-        self.tmp = np.empty((chunk_size, lsh.rows), dtype=np.uint64)
-
-    def hash(self, chunk: NDArray[np.float32]) -> NDArray[np.int64]:
-        """Bucket ids ``(c, R)`` int64 of a ``(c, dim)`` float32 chunk, a view into a reused buffer."""
-        lsh = self.lsh
-        c, R, K = chunk.shape[0], lsh.rows, lsh.hashes_per_row
-        proj = self.proj[:c]
-        np.matmul(chunk, lsh.projections, out=proj)
-        proj += lsh.offsets
-        np.floor(proj, out=proj)
-        word = self.word[:c]
-        np.copyto(word.view(np.int64), proj, casting="unsafe")
-        word &= _LOW32  # the code as a 32-bit word: code mod 2^32
-        # vector multiply-add: (sum_j m_j * word_j + inc) mod 2^64, finalised, top 32 bits scaled to [0, B)
-        word3 = word.reshape(c, K, R)
-        word3 *= lsh.multipliers[None, :, :]
-        ids = self.ids[:c]
-        np.add(word3[:, 0, :], lsh.increments, out=ids)
-        for j in range(1, K):
-            ids += word3[:, j, :]
-        # MurmurHash3's 64-bit finaliser, a bijection: it keeps the universal collision probability and
-        # breaks up the lattice structure a linear hash leaves on runs of small integer codes
-        tmp = self.tmp[:c]
-        for multiplier in _FMIX_MULTIPLIERS:
-            np.right_shift(ids, _SHIFT33, out=tmp)
-            ids ^= tmp
-            ids *= multiplier
-        np.right_shift(ids, _SHIFT33, out=tmp)
-        ids ^= tmp
-        ids >>= _SHIFT32
-        ids *= np.uint64(lsh.buckets)
-        ids >>= _SHIFT32
-        return ids.view(np.int64)
-
-    def iterate(self, X: NDArray[np.float32]) -> Iterator[tuple[int, NDArray[np.int64]]]:
-        for start in range(0, X.shape[0], self.chunk_size):
-            yield start, self.hash(X[start : start + self.chunk_size])
-
-
-# --------------------------------------------------------------------------------------------------------
 # Kernel sums
 
 
@@ -342,61 +222,19 @@ def lsh_kernel_sums(
     n = A.shape[0]
     chunk_size = _check_count("chunk_size", chunk_size)
     w = default_bandwidth(A) if bandwidth is None else bandwidth
-    lsh = PStableHash.create(
+    sketch = RaceSketch.create(
         A.shape[1], rows=rows, buckets=buckets, bandwidth=w, hashes_per_row=hashes_per_row, seed=seed
     )
-    R, B = lsh.rows, lsh.buckets
     if n == 0:
         return np.zeros(0, dtype=np.float64)
-    id_dtype = np.uint16 if B <= 2**16 else np.uint32
     if cache_buckets is None:
-        cache_buckets = n * R * np.dtype(id_dtype).itemsize <= CACHE_LIMIT_BYTES
-    chunk_size = min(chunk_size, n)
-    hasher = _ChunkHasher(lsh, chunk_size)
-    row_offsets = (np.arange(R, dtype=np.int64) * B)[None, :]
-    cache = np.empty((n, R), dtype=id_dtype) if cache_buckets else None
-    # pass 1 counts with np.bincount, which costs O(R B) per call on top of the ids it counts: the ids of
-    # at least B rows of X are gathered before each call
-    block_rows = min(n, -(-max(B, chunk_size) // chunk_size) * chunk_size)
-    pending = np.empty((block_rows, R), dtype=np.int64)
-    counts = np.zeros(R * B, dtype=np.int64)
-    n_chunks = -(-n // chunk_size)
-    bar = progress_bar(total=2 * n_chunks, desc="density sketch", unit="chunk", enabled=progress)
-    try:
-        filled = 0
-        for start, ids in hasher.iterate(A):
-            c = ids.shape[0]
-            if cache is not None:
-                cache[start : start + c] = ids
-            np.add(ids, row_offsets, out=pending[filled : filled + c])
-            filled += c
-            if filled + chunk_size > block_rows or start + c == n:
-                counts += np.bincount(pending[:filled].ravel(), minlength=R * B)
-                filled = 0
-            bar.update(1)
-        del pending
-        sketch = counts.astype(np.int32) if n < 2**31 else counts
-        del counts
-        scores = np.empty(n, dtype=np.float64)
-        gathered = np.empty((chunk_size, R), dtype=sketch.dtype)
-        flat = np.empty((chunk_size, R), dtype=np.int64)
-        for start in range(0, n, chunk_size):
-            c = min(chunk_size, n - start)
-            if cache is not None:
-                idx = flat[:c]
-                np.add(cache[start : start + c], row_offsets, out=idx)
-            else:
-                idx = hasher.hash(A[start : start + c])
-                idx += row_offsets
-            np.take(sketch, idx, out=gathered[:c])
-            np.sum(gathered[:c], axis=1, dtype=np.float64, out=scores[start : start + c])
-            bar.update(1)
-    finally:
-        bar.close()
-    scores /= R
-    if debias:
-        scores = np.maximum((scores - n / B) / (1.0 - 1.0 / B), 1.0)
-    return scores
+        cache_buckets = n * sketch.rows * np.dtype(sketch.id_dtype).itemsize <= CACHE_LIMIT_BYTES
+    n_chunks = -(-n // min(chunk_size, n))
+    with progress_bar(total=2 * n_chunks, desc="density sketch", unit="chunk", enabled=progress) as bar:
+        ids = sketch.update(A, chunk_size=chunk_size, keep_ids=bool(cache_buckets), bar=bar)
+        if ids is None:
+            return sketch.query(A, chunk_size=chunk_size, debias=debias, bar=bar)
+        return sketch.query(ids=ids, chunk_size=chunk_size, debias=debias, bar=bar)
 
 
 def exact_kernel_sums(
@@ -549,36 +387,9 @@ def density_sample(
 # Helpers
 
 
-def _as_matrix(X: ArrayLike, dtype: type[np.floating]) -> NDArray:
-    A = np.ascontiguousarray(X, dtype=dtype)
-    if A.ndim != 2:
-        raise ValueError(f"X has shape {A.shape}: expected a 2-d array (n, dim)")
-    # a finite float64 sum means every entry is finite (cheap for 10^6 x 384); otherwise look for the culprit
-    if A.size and not math.isfinite(float(A.sum(dtype=np.float64))):
-        bad = np.argwhere(~np.isfinite(A))
-        if bad.size:
-            i, j = (int(v) for v in bad[0])
-            raise ValueError(f"X[{i}, {j}]={A[i, j]} is not finite: expected finite embeddings")
-    return A
-
-
 def _sq_dists(A: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.float64]:
     d2 = (A * A).sum(axis=1)[:, None] + (B * B).sum(axis=1)[None, :] - 2.0 * (A @ B.T)
     return np.maximum(d2, 0.0, out=d2)
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name}={value!r} is invalid: expected a positive integer")
-    return int(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name}={value!r} is invalid: expected a positive number")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name}={value!r} is invalid: expected a finite number > 0")
-    return float(value)
 
 
 def _check_k(k: int, n: int) -> int:

@@ -79,9 +79,11 @@ class RBFColumns:
         self.diagonal = np.asarray(q, dtype=np.float64) ** 2 * (1.0 + self.ridge)
 
     def __call__(self, rows: NDArray[np.int64] | None, cols: NDArray[np.int64]) -> NDArray[np.floating]:
-        Xr, sr, qr = (
-            (self.X, self.sq, self.q) if rows is None else (self.X[rows], self.sq[rows], self.q[rows])
-        )
+        span = _contiguous(rows, self.X.shape[0])
+        if span is not None:  # a run of consecutive items (all of them before any is dropped): views, no copy
+            Xr, sr, qr = self.X[span], self.sq[span], self.q[span]
+        else:
+            Xr, sr, qr = self.X[rows], self.sq[rows], self.q[rows]
         out = Xr @ self.X[cols].T  # -||x_i - x_j||^2 / 2 = <x_i, x_j> - |x_i|^2 / 2 - |x_j|^2 / 2
         out -= 0.5 * sr[:, None]
         out -= 0.5 * self.sq[cols][None, :]
@@ -91,12 +93,27 @@ class RBFColumns:
         out *= qr[:, None]
         out *= self.q[cols][None, :]
         # the diagonal exactly (no rounding of a zero distance), ridge included
-        if rows is None:
-            out[cols, np.arange(cols.size)] = self.diagonal[cols]
+        if span is not None:
+            c = np.flatnonzero((cols >= span.start) & (cols < span.stop))
+            out[cols[c] - span.start, c] = self.diagonal[cols[c]]
         else:
             r, c = np.nonzero(rows[:, None] == cols[None, :])
             out[r, c] = self.diagonal[rows[r]]
         return out
+
+
+def _contiguous(rows: NDArray[np.int64] | None, n: int) -> slice | None:
+    """``rows`` as a slice when it is ``None`` (every row) or the consecutive items ``a, a+1, ..., b-1``
+    (the greedy's stored rows until it first drops picked ones), else ``None``. Reading those rows as a view
+    instead of gathering a copy of them saves a copy of the features per kernel block; the values and the
+    products are the same."""
+    if rows is None:
+        return slice(0, n)
+    if rows.size == 0 or int(rows[-1]) - int(rows[0]) != rows.size - 1:
+        return None
+    if rows.size > 1 and not bool(np.all(np.diff(rows) == 1)):
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1)
 
 
 def rbf_blocked_bandwidth(features: ArrayLike, *, scale: float = RBF_BLOCKED_BANDWIDTH_SCALE) -> float:

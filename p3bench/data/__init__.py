@@ -20,6 +20,7 @@ DATASETS.register_lazy("instruction_transfer", "p3bench.data.transfer:load_trans
 # pre-training text, the lm task (held-out perplexity; arXiv 2402.09668). gutenberg and tinyshakespeare are
 # plain-text files (p3bench.data.text.load_text_files), which text_mix components can also name as text_files
 DATASETS.register_lazy("c4", "p3bench.data.text:load_c4")
+DATASETS.register_lazy("corpus_files", "p3bench.data.corpus_files:load_corpus_files")
 DATASETS.register_lazy("pile", "p3bench.data.text:load_pile")
 DATASETS.register_lazy("gutenberg", "p3bench.data.text:load_gutenberg")
 DATASETS.register_lazy("tinyshakespeare", "p3bench.data.text:load_tinyshakespeare")

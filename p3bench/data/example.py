@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,7 +49,8 @@ class DatasetSplits:
 
     name: str
     task: str
-    train: list[Example]
+    #: a list, or an ArrowPool read lazily from disk (p3bench.data.arrow_pool)
+    train: Sequence[Example]
     validation: list[Example]
     test: list[Example]
     info: dict[str, Any] = field(default_factory=dict)

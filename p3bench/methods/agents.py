@@ -285,8 +285,8 @@ def _classifier_labels(
 ) -> tuple[NDArray[np.float64], int, dict[str, Any], list[dict[str, Any]], list[str]]:
     """Scores (or argmax classes) of the pool from a local classifier, through the score cache; returns the
     values, forward tokens, info, compute components and the class names."""
-    from p3bench.scoring.cache import cached_scores_counted
     from p3bench.scoring.classifier import TextClassifierScorer
+    from p3bench.sharded import sharded_scores_counted
 
     given = dict(options)
     unknown = sorted(set(given) - set(CLASSIFIER_DEFAULTS) - {"progress"})
@@ -315,7 +315,7 @@ def _classifier_labels(
     except ConfigError as error:
         raise ConfigError(f"{key}: {error}") from None
     folder = None if datamodule.cache_dir is None else Path(datamodule.cache_dir) / "scores"
-    cached = cached_scores_counted(scorer, _pool_texts(datamodule, str(cfg["text"])), folder)
+    cached = sharded_scores_counted(scorer, _pool_texts(datamodule, str(cfg["text"])), folder)
     ledger = ComputeLedger()
     ledger.add(
         f"classifier:{scorer.model_identity}",

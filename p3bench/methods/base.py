@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from p3bench.compute import ComputeLedger
+from p3bench.data.arrow_pool import ArrowPool, encode_arrow_pool, pool_ids
 from p3bench.data.example import DatasetSplits, Example
 from p3bench.errors import ConfigError
 from p3bench.methods.budget import resolve_budget
@@ -108,6 +109,8 @@ class SelectionDataModule(pl.LightningDataModule):
     name: ClassVar[str] = "base"
     #: False for methods that ignore the budget (``full``); the selection size is then not checked.
     uses_budget: ClassVar[bool] = True
+    #: processes that tokenise an Arrow pool (``pool.num_proc``; the run sets it)
+    pool_num_proc: int = 1
 
     def __init__(
         self,
@@ -128,7 +131,8 @@ class SelectionDataModule(pl.LightningDataModule):
         super().__init__()
         self.splits = splits
         self.tokenizer = tokenizer
-        self.pool: list[Example] = splits.train
+        # a list of examples, or an ArrowPool read lazily from disk (p3bench.data.arrow_pool): a Sequence
+        self.pool: Sequence[Example] = splits.train
         self.budget = budget
         self.budget_size = resolve_budget(budget, len(self.pool)) if self.uses_budget else len(self.pool)
         self.seed = int(seed)
@@ -143,7 +147,7 @@ class SelectionDataModule(pl.LightningDataModule):
         )
         self.length_grouping = int(length_grouping)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.index_of = {ex.id: i for i, ex in enumerate(self.pool)}
+        self.index_of = {example_id: i for i, example_id in enumerate(pool_ids(self.pool))}
         if len(self.index_of) != len(self.pool):
             raise ValueError(f"dataset {splits.name!r} has duplicate example ids in its train split")
         self.rounds: list[RoundRecord] = []
@@ -191,7 +195,11 @@ class SelectionDataModule(pl.LightningDataModule):
 
     def encoded(self, split: str) -> EncodedPool:
         if split not in self._encoded:
-            self._encoded[split] = encode_examples(getattr(self.splits, split), self.tokenizer)
+            examples = getattr(self.splits, split)
+            if isinstance(examples, ArrowPool):
+                self._encoded[split] = encode_arrow_pool(examples, self.tokenizer, self.pool_num_proc)
+            else:
+                self._encoded[split] = encode_examples(examples, self.tokenizer)
         return self._encoded[split]
 
     def use_test_examples(self, examples: Sequence[Example]) -> None:
@@ -492,7 +500,10 @@ class SelectionDataModule(pl.LightningDataModule):
     def selected_examples(self, rounds: Sequence[RoundRecord] | None = None) -> list[Example]:
         """The distinct pool examples trained on in ``rounds`` (all rounds by default), in pool order."""
         chosen = {i for r in (self.rounds if rounds is None else rounds) for i in r.ids}
-        return [ex for ex in self.pool if ex.id in chosen]
+        indices = sorted(self.index_of[example_id] for example_id in chosen)
+        if isinstance(self.pool, ArrowPool):
+            return self.pool.take(indices)
+        return [self.pool[i] for i in indices]
 
 
 def check_reselect_every_n_steps(value: Any) -> int:

@@ -4,7 +4,7 @@ arXiv 2402.09668, §3.2-3.3, App. B.2-B.4): Density, SemDeDup and SSL Prototypes
 All three look at the pool through sentence embeddings: the packaged MiniLM by default (the paper uses
 Sentence-T5-Base, 768 dims, which ``coverage_embedder.name=hf coverage_embedder.kwargs.model_name_or_path=...``
 loads from a local copy), cached on disk. SemDeDup and Prototypes share one k-means clustering, cached under
-``cache_dir/clusters`` keyed by the embeddings, the number of clusters and ``cluster_seed`` (fixed across runs
+``cache_dir/clusterings`` (docs/caches.md) keyed by the embeddings, the number of clusters and ``cluster_seed`` (fixed across runs
 by default, as the paper clusters once), so the two samplers and every budget and seed of a sweep use the same
 clusters.
 
@@ -25,11 +25,12 @@ import sklearn
 
 from p3bench.algorithms import clusters as clustering
 from p3bench.algorithms import density
-from p3bench.embeddings import atomic_save_npy
+from p3bench.cache_store import CacheKey, CacheStore, store_entry
 from p3bench.errors import ConfigError
 from p3bench.methods.base import SelectionContext
 from p3bench.methods.options import choice
 from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod
+from p3bench.sharded import all_agree, process_group, sharded_lsh_kernel_sums, sharded_spherical_kmeans
 
 
 class EmbeddingSampler(PoolScoringMethod):
@@ -81,6 +82,10 @@ class DensitySampler(EmbeddingSampler):
     picks one from the data (:func:`p3bench.algorithms.density.default_bandwidth`). Algorithm 2 as printed
     samples with ``p = S / sum(S)``, which contradicts the paper's prose and Theorem A.2 (``p ~ 1/S``); this
     follows the prose.
+
+    Under a process group each process adds its share of the pool to the sketch and the count tables are
+    summed (:func:`p3bench.sharded.sharded_lsh_kernel_sums`): the same scores, and so the same selection,
+    as one process. ``mode=exact`` runs whole on every process.
     """
 
     name: ClassVar[str] = "density"
@@ -119,7 +124,7 @@ class DensitySampler(EmbeddingSampler):
         if bandwidth is None:
             bandwidth = float(density.default_bandwidth(vectors, seed=self.sketch_seed))
         if self.mode == "sketch":
-            values = density.lsh_kernel_sums(
+            values = sharded_lsh_kernel_sums(
                 vectors,
                 rows=self.rows,
                 buckets=self.buckets,
@@ -163,14 +168,25 @@ CLUSTERING_VERSION = 1
 
 
 class ClusterSampler(EmbeddingSampler):
-    """A sampler over one k-means clustering of the pool's embeddings, shared through the cache."""
+    """A sampler over one k-means clustering of the pool's embeddings, shared through the cache.
+
+    ``kmeans``: ``sklearn`` (default) or ``lloyd`` (:mod:`p3bench.algorithms.kmeans`). Under a process group
+    ``lloyd`` shards the iterations over the processes and gives bitwise the clustering of one process;
+    ``sklearn`` fits on process 0 and broadcasts its clustering (:func:`p3bench.sharded.sharded_spherical_kmeans`).
+    """
 
     name: ClassVar[str] = "cluster_sampler"
 
     def __init__(
-        self, *args: Any, n_clusters: int | None = None, cluster_seed: int = 0, **kwargs: Any
+        self,
+        *args: Any,
+        n_clusters: int | None = None,
+        cluster_seed: int = 0,
+        kmeans: str = "sklearn",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.kmeans = choice("kmeans", kmeans, clustering.KMEANS_ALGORITHMS)
         if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, int)):
             raise ConfigError(
                 f"method.n_clusters={n_clusters!r} is invalid: expected an integer >= 1 or null"
@@ -186,27 +202,49 @@ class ClusterSampler(EmbeddingSampler):
                 f"method.n_clusters={k} is invalid for a pool of {len(vectors)}: expected 1 <= n_clusters <= pool"
             )
         if self.cache_dir is None:
-            return clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed, progress=self.progress)
-        digest = hashlib.sha256(np.ascontiguousarray(vectors).tobytes())
-        digest.update(f"sklearn {sklearn.__version__}".encode())  # k-means results may change across versions
-        digest = digest.hexdigest()[:20]
-        base = (
-            Path(self.cache_dir)
-            / "clusters"
-            / f"kmeans-v{CLUSTERING_VERSION}-{digest}-k{k}-s{self.cluster_seed}"
+            return self._kmeans(vectors, k)
+        digest = hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest()
+        prefix = "kmeans" if self.kmeans == "sklearn" else self.kmeans
+        entry = CacheStore(self.cache_dir).entry(
+            CacheKey(
+                "clusterings",
+                f"{prefix}-k{k}-s{self.cluster_seed}",
+                # k-means results may change across scikit-learn versions
+                model={
+                    "algorithm": self.kmeans,
+                    "sklearn": sklearn.__version__,
+                    "version": CLUSTERING_VERSION,
+                },
+                data={"embeddings_sha256": digest, "shape": list(vectors.shape)},
+                config={"k": k, "seed": self.cluster_seed},
+            )
         )
-        labels_path, centroids_path = base.with_suffix(".labels.npy"), base.with_suffix(".centroids.npy")
-        if labels_path.is_file() and centroids_path.is_file():
+        found = None
+        if entry.manifest() is not None:
             try:
-                labels, centroids = np.load(labels_path), np.load(centroids_path)
+                labels = np.load(entry.path / "labels.npy", allow_pickle=False)
+                centroids = np.load(entry.path / "centroids.npy", allow_pickle=False)
                 if labels.shape == (len(vectors),) and centroids.shape == (k, vectors.shape[1]):
-                    return clustering.KMeansResult.from_arrays(labels, centroids)
+                    found = clustering.KMeansResult.from_arrays(labels, centroids)
             except (OSError, ValueError, EOFError):
                 pass
-        result = clustering.spherical_kmeans(vectors, k, seed=self.cluster_seed, progress=self.progress)
-        atomic_save_npy(centroids_path, result.centroids)
-        atomic_save_npy(labels_path, result.labels)
+        if all_agree(found is not None):  # every process, or none, takes the cached clustering
+            return found  # type: ignore[return-value]
+        result = self._kmeans(vectors, k)  # a collective under a process group: outside the entry's lock
+        if process_group()[0] == 0:
+
+            def write(directory: Path) -> dict[str, Any]:
+                np.save(directory / "labels.npy", result.labels, allow_pickle=False)
+                np.save(directory / "centroids.npy", result.centroids, allow_pickle=False)
+                return {"arrays": ["labels", "centroids"]}
+
+            store_entry(entry, write)
         return result
+
+    def _kmeans(self, vectors: np.ndarray, k: int) -> clustering.KMeansResult:
+        return sharded_spherical_kmeans(
+            vectors, k, seed=self.cluster_seed, algorithm=self.kmeans, progress=self.progress
+        )
 
     def cluster_info(self, result: clustering.KMeansResult) -> dict[str, Any]:
         sizes = np.bincount(result.labels, minlength=len(result.centroids))
@@ -214,6 +252,7 @@ class ClusterSampler(EmbeddingSampler):
             **self.embedding_info(),
             "n_clusters": int(len(result.centroids)),
             "cluster_seed": self.cluster_seed,
+            **({"kmeans": self.kmeans} if self.kmeans != "sklearn" else {}),
             "cluster_size": {
                 "min": int(sizes.min()),
                 "median": float(np.median(sizes)),

@@ -47,11 +47,12 @@ from p3bench.algorithms.submodular import evaluate, maximize
 from p3bench.compute import RUN_MODEL, model_size, record_embedding
 from p3bench.data.example import Example
 from p3bench.data.named import check_spec, examples_from_spec
-from p3bench.embeddings import build_embedder, cached_embeddings_counted
+from p3bench.embeddings import build_embedder
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice
 from p3bench.methods.pool_scoring import TEXT_FIELDS, example_text
+from p3bench.sharded import sharded_embeddings_counted
 
 STAGES = ("instruction", "task", "continual")
 #: the submodular objective of each stage (arXiv 2411.04425, Eqs. 3-5)
@@ -369,7 +370,7 @@ class DELIFTSE(SubmodularSelection):
         same = columns is rows  # the pool x pool kernel: the pool embedded once
         views = [kernel_view(ex) for ex in (rows if same else (*rows, *columns))]
         texts = [example_text(ex.prompt, ex.target, self.text_field) for ex in views]
-        vectors, tokens = cached_embeddings_counted(model, texts, self.cache_dir)
+        vectors, tokens = sharded_embeddings_counted(model, texts, self.cache_dir)
         record_embedding(self.compute_ledger, model, tokens)
         vectors = np.asarray(vectors, dtype=np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -74,12 +74,13 @@ from p3bench.algorithms.diversity import (
 from p3bench.algorithms.dpp import DEFAULT_RIDGE, FILLS, KERNELS, dpp_select
 from p3bench.algorithms.pace import SelfPacedSchedule
 from p3bench.compute import RUN_MODEL, model_size, record_embedding
-from p3bench.embeddings import build_embedder, cached_embeddings_counted
+from p3bench.embeddings import build_embedder
 from p3bench.errors import ConfigError
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice, merge_options
 from p3bench.registry import unknown_name_message
 from p3bench.scoring import SCORERS, ScoreResult, build_scorer
+from p3bench.sharded import sharded_embeddings_counted
 from p3bench.utils.hashing import id_hash_order
 
 ORDERS = ("random", "easiest", "hardest")
@@ -413,7 +414,7 @@ class P3(SelectionDataModule):
             kwargs = dict(self.dpp_cfg["embedder_kwargs"] or {})
             kwargs.setdefault("progress", self.progress)
             embedder = build_embedder(name, **kwargs)
-            self._embeddings, tokens = cached_embeddings_counted(embedder, self._texts(), self.cache_dir)
+            self._embeddings, tokens = sharded_embeddings_counted(embedder, self._texts(), self.cache_dir)
             if not self.embedding_tokens_counted:
                 self.embedding_tokens_counted = True
                 record_embedding(self.compute_ledger, embedder, tokens)

@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from p3bench.compute import record_embedding
-from p3bench.embeddings import build_embedder, cached_embeddings_counted
+from p3bench.embeddings import build_embedder
 from p3bench.methods.base import Selection, SelectionContext, SelectionDataModule
 from p3bench.methods.options import choice
+from p3bench.sharded import sharded_embeddings_counted
 from p3bench.utils.hashing import id_hash_order
 
 TEXT_FIELDS = ("prompt", "target", "prompt_and_target")
@@ -103,11 +104,13 @@ class PoolScoringMethod(SelectionDataModule):
 
     def embeddings(self, embedder: str, embedder_kwargs: dict[str, Any] | None) -> tuple[np.ndarray, int]:
         """Unit-norm embeddings of the pool's texts, through the embedding cache, and the forward tokens
-        embedding them takes (0 for a model-free embedder; the same on a cache hit)."""
+        embedding them takes (0 for a model-free embedder; the same on a cache hit). Under a process group
+        each process embeds its share and every process gets all the vectors
+        (:func:`p3bench.sharded.sharded_embeddings_counted`)."""
         kwargs = dict(embedder_kwargs or {})
         kwargs.setdefault("progress", self.progress)
         model = build_embedder(embedder, **kwargs)
-        vectors, tokens = cached_embeddings_counted(model, self.texts(), self.cache_dir)
+        vectors, tokens = sharded_embeddings_counted(model, self.texts(), self.cache_dir)
         record_embedding(self.compute_ledger, model, tokens)  # the round's compute in FLOPs
         return vectors, tokens
 

@@ -40,8 +40,9 @@ from p3bench.methods.options import choice, merge_options
 from p3bench.methods.pool_scoring import PoolScores, PoolScoringMethod, example_text
 from p3bench.models import standins
 from p3bench.scoring.ask_llm import ASK_LLM_TEMPLATE, MODEL_KINDS, NORMALISATIONS, AskLLMScorer
-from p3bench.scoring.cache import CachedScores, cached_scores_counted
+from p3bench.scoring.cache import CachedScores
 from p3bench.scoring.perplexity import PerplexityScorer
+from p3bench.sharded import sharded_scores_counted
 
 SOURCES = ("standin", "hub")
 BANDS = ("low", "middle", "high")
@@ -117,9 +118,9 @@ class ModelScoredSampler(PoolScoringMethod):
 
     def cached(self, scorer: Any) -> CachedScores:
         """The scorer's scores of the pool through the score cache, with their forward tokens (the same
-        whether or not the cache served them)."""
+        whether or not the cache served them); split across processes under a process group."""
         folder = None if self.cache_dir is None else Path(self.cache_dir) / "scores"
-        return cached_scores_counted(scorer, self.texts(), folder)
+        return sharded_scores_counted(scorer, self.texts(), folder)
 
 
 # -- Ask-LLM ---------------------------------------------------------------------------------------------------

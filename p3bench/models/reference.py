@@ -17,7 +17,7 @@ score every pool example with one or two such models before training. Where a mo
 - ``pretrained``: a Hugging Face causal LM by local directory or hub id (``name_or_path``) that shares the
   run's tokenizer; a vocabulary smaller than the tokenizer's is refused.
 
-Trained weights are cached under ``cache_dir/reference_models`` keyed by everything they depend on (the run
+Trained weights are cached in entries ``cache_dir/weights/reference-<split>-<key>/`` (docs/caches.md) keyed by everything they depend on (the run
 model's config and a digest of its initial weights, the tokenizer, the split's texts, the training settings,
 ``max_length``), built once under a file lock (parallel sweep jobs wait for the first) and moved into place
 atomically. Each cached model directory holds ``model.safetensors`` (the weights) and ``reference.json`` (how
@@ -44,7 +44,13 @@ from p3bench.data.example import Example
 from p3bench.errors import ConfigError, ModelLoadError
 from p3bench.models.collate import EncodedPool, EncodedSubset, TrainCollator
 from p3bench.models.losses import per_example_nll
-from p3bench.models.weights_cache import cached_weights, model_config_dict, tokenizer_digest, weights_digest
+from p3bench.models.weights_cache import (
+    cached_weights,
+    model_config_dict,
+    tokenizer_digest,
+    weights_cache_key,
+    weights_digest,
+)
 from p3bench.utils.hashing import json_sha256, texts_sha256
 from p3bench.utils.progress import progress_bar
 
@@ -234,6 +240,17 @@ def trained_cache_key(
 ) -> str:
     """What a trained reference's weights depend on, hashed: the run model's config and initial weights,
     the tokenizer, the split's texts, the training settings and ``max_length``."""
+    return json_sha256(trained_cache_parts(settings, base, tokenizer, examples, max_length))[:24]
+
+
+def trained_cache_parts(
+    settings: ReferenceSettings,
+    base: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int,
+) -> dict[str, Any]:
+    """The parts :func:`trained_cache_key` hashes, as JSON."""
     parts = {
         "kind": "trained_reference",
         "version": REFERENCE_VERSION,
@@ -247,7 +264,7 @@ def trained_cache_key(
         "max_length": int(max_length),
         "optimizer": {"weight_decay": WEIGHT_DECAY, "warmup": WARMUP_FRACTION, "clip": GRADIENT_CLIP},
     }
-    return json_sha256(json.loads(json.dumps(parts, default=str)))[:24]
+    return json.loads(json.dumps(parts, default=str))
 
 
 def trained_reference(
@@ -272,8 +289,14 @@ def trained_reference(
         model.eval()
         info.update(record, cached=False, from_cache=False)
         return ReferenceModel(model=model, device=device, info=info)
-    key = trained_cache_key(settings, base, tokenizer, examples, max_length)
-    path = Path(cache_dir) / "reference_models" / f"{settings.split}-{key}"
+    parts = trained_cache_parts(settings, base, tokenizer, examples, max_length)
+    key = json_sha256(parts)[:24]
+    entry_key = weights_cache_key(
+        f"reference-{settings.split}",
+        parts,
+        model=("model_config", "initial_weights", "tokenizer"),
+        data=("split", "examples", "n_examples"),
+    )
     model = copy.deepcopy(base).to(device)
 
     def train() -> dict[str, Any]:
@@ -283,7 +306,7 @@ def trained_reference(
         )
         return {**record, "key": key, "settings": settings.describe(), "max_length": int(max_length)}
 
-    record, from_cache = cached_weights(model, path, RECORD_FILE, train)
+    record, from_cache, path = cached_weights(model, cache_dir, entry_key, RECORD_FILE, train)
     model.eval()
     info.update({k: v for k, v in record.items() if k != "settings"}, cached=True, from_cache=from_cache)
     info["path"] = str(path)

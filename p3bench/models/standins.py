@@ -22,8 +22,9 @@ fingerprint into the run's diagnostics):
 Each stand-in is an ordinary Hugging Face directory (model, tokenizer, and ``standin.json`` describing how it
 was made, with the tokens it trained on, from which a run counts its training FLOPs: :mod:`p3bench.compute`),
 so the scorers load it through the same code path as a hub model. Directories are cached under
-``cache_dir/standins`` keyed by everything the weights depend on, built once under a file lock (parallel
-sweep jobs wait for the first one) and moved into place atomically.
+``cache_dir/weights/causal-<size>-<key>/`` and ``cache_dir/weights/askllm-<size>-<key>/`` (entries of kind
+``weights``, :mod:`p3bench.cache_store`, docs/caches.md) keyed by everything the weights depend on, built
+once under a file lock (parallel sweep jobs wait for the first one) and moved into place atomically.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from p3bench.cache_store import CacheEntry, CacheStore, get_or_create
 from p3bench.errors import ConfigError
 from p3bench.models.tokenizer import train_local_tokenizer
-from p3bench.utils.hashing import json_sha256, texts_sha256
-from p3bench.utils.io import exclusive_lock, publish_directory
+from p3bench.models.weights_cache import weights_cache_key
+from p3bench.utils.hashing import texts_sha256
+from p3bench.utils.io import publish_directory
 from p3bench.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -126,12 +129,11 @@ def checkpoint_steps(total_steps: int, fractions: Sequence[float] = CHECKPOINT_F
 # -- caching -------------------------------------------------------------------------------------------------
 
 
-def _key(parts: dict[str, Any]) -> str:
-    return json_sha256(parts)[:20]
-
-
-def _standins_dir(cache_dir: str | Path) -> Path:
-    return Path(cache_dir) / "standins"
+def _entry(cache_dir: str | Path, label: str, parts: dict[str, Any], data: tuple[str, ...]) -> CacheEntry:
+    """The cache entry (kind ``weights``) of a stand-in: model = what it is (kind, version, size,
+    architecture), data = its corpus, config = the rest (settings, template, steps)."""
+    model = ("kind", "version", "size", "architecture")
+    return CacheStore(cache_dir).entry(weights_cache_key(label, parts, model=model, data=data))
 
 
 # -- perplexity proxies -----------------------------------------------------------------------------------------
@@ -153,28 +155,31 @@ def causal_proxy_checkpoints(
     if not texts:
         raise ConfigError("a perplexity proxy needs training texts: the pool is empty")
     steps = [*checkpoint_steps(settings.steps, fractions), settings.steps]
-    key = _key(
-        {
-            "kind": "causal_proxy",
-            "version": STANDIN_VERSION,
-            "size": size,
-            "architecture": architecture,
-            "settings": vars(settings),
-            "corpus": texts_sha256(texts),
-            "n": len(texts),
-            "steps": steps,
-        }
-    )
-    root = _standins_dir(cache_dir) / f"causal-{size}-{key}"
-    wanted = {step: root / f"step-{step}" for step in steps}
-    with exclusive_lock(root.with_suffix(".lock")):
-        if all((path / "standin.json").is_file() for path in wanted.values()):
-            return wanted
+    parts = {
+        "kind": "causal_proxy",
+        "version": STANDIN_VERSION,
+        "size": size,
+        "architecture": architecture,
+        "settings": vars(settings),
+        "corpus": texts_sha256(texts),
+        "n": len(texts),
+        "steps": steps,
+    }
+    entry = _entry(cache_dir, f"causal-{size}", parts, data=("corpus", "n"))
+    wanted = {step: entry.path / f"step-{step}" for step in steps}
+
+    def load(directory: Path, manifest: dict[str, Any]) -> dict[int, Path] | None:
+        complete = all((directory / f"step-{step}" / "standin.json").is_file() for step in steps)
+        return wanted if complete else None
+
+    def build(directory: Path) -> tuple[dict[int, Path], dict[str, Any]]:
         log.info(
             "training the %s causal proxy stand-in (%d steps) on %d texts", size, settings.steps, len(texts)
         )
-        _train_causal_proxy(texts, architecture, settings, sorted(set(steps)), root, size, progress)
-    return wanted
+        _train_causal_proxy(texts, architecture, settings, sorted(set(steps)), directory, size, progress)
+        return wanted, {"steps": steps}
+
+    return get_or_create(entry, load, build).value
 
 
 def _train_causal_proxy(
@@ -293,26 +298,27 @@ def ask_llm_judge(
         raise ConfigError(
             f"the Ask-LLM stand-in has {len(texts)} usable reference texts: expected at least 10"
         )
-    key = _key(
-        {
-            "kind": "ask_llm_judge",
-            "version": STANDIN_VERSION,
-            "size": size,
-            "architecture": architecture,
-            "settings": vars(settings),
-            "corpus": texts_sha256(texts),
-            "template": template,
-            "max_text_words": max_text_words,
-        }
-    )
-    path = _standins_dir(cache_dir) / f"askllm-{size}-{key}"
-    with exclusive_lock(path.with_suffix(".lock")):
-        if not (path / "standin.json").is_file():
-            log.info(
-                "training the %s Ask-LLM stand-in (%d steps) on %d texts", size, settings.steps, len(texts)
-            )
-            _train_judge(texts, architecture, settings, template, max_text_words, path, size, progress)
-    return path
+    parts = {
+        "kind": "ask_llm_judge",
+        "version": STANDIN_VERSION,
+        "size": size,
+        "architecture": architecture,
+        "settings": vars(settings),
+        "corpus": texts_sha256(texts),
+        "template": template,
+        "max_text_words": max_text_words,
+    }
+    entry = _entry(cache_dir, f"askllm-{size}", parts, data=("corpus",))
+
+    def load(directory: Path, manifest: dict[str, Any]) -> Path | None:
+        return entry.path if (directory / "standin.json").is_file() else None
+
+    def build(directory: Path) -> tuple[Path, dict[str, Any]]:
+        log.info("training the %s Ask-LLM stand-in (%d steps) on %d texts", size, settings.steps, len(texts))
+        _train_judge(texts, architecture, settings, template, max_text_words, directory, size, progress)
+        return entry.path, {}
+
+    return get_or_create(entry, load, build).value
 
 
 def judge_examples(

@@ -1,23 +1,22 @@
 """Tokenizers: a byte-level BPE trained locally for the tiny default model, or any Hugging Face tokenizer.
 
 The local tokenizer splits digits one by one (so that numbers are read digit by digit, which small models
-need to learn arithmetic) and is cached under ``cache_dir`` keyed by a fingerprint of its training corpus and
-settings, so every run on the same pool uses the same tokenizer.
+need to learn arithmetic) and is cached under ``cache_dir/tokenizers`` keyed by a fingerprint of its training
+corpus and settings (:mod:`p3bench.cache_store`), so every run on the same pool uses the same tokenizer.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from p3bench.cache_store import CacheKey, CacheStore, get_or_create, texts_fingerprint
 from p3bench.errors import ModelLoadError
-from p3bench.utils.hashing import texts_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +41,34 @@ def train_local_tokenizer(texts: Sequence[str], vocab_size: int = 512) -> PreTra
     return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
 
 
+def local_tokenizer_cache_key(texts: Sequence[str], vocab_size: int) -> CacheKey:
+    """The cache key of the local tokenizer of ``texts``: kind ``tokenizers``, its version as the model,
+    the corpus in order as the data, the vocabulary size as the config."""
+    return CacheKey(
+        "tokenizers",
+        f"bpe-{vocab_size}",
+        model={"tokenizer": "byte-level BPE, single digits", "version": LOCAL_TOKENIZER_VERSION},
+        data=texts_fingerprint(texts),
+        config={"vocab_size": int(vocab_size)},
+    )
+
+
 def local_tokenizer(texts: Sequence[str], vocab_size: int, cache_dir: str | Path) -> PreTrainedTokenizerFast:
-    """The cached local tokenizer for this corpus and vocabulary size, trained on first use."""
-    key = texts_sha256([f"v{LOCAL_TOKENIZER_VERSION}", str(vocab_size), *texts])[:16]
-    path = Path(cache_dir) / "tokenizers" / f"bpe-{vocab_size}-{key}"
-    if (path / "tokenizer.json").exists():
-        return PreTrainedTokenizerFast.from_pretrained(str(path))
-    log.info("training a %d-token BPE tokenizer on %d texts", vocab_size, len(texts))
-    tokenizer = train_local_tokenizer(texts, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tokenizer.save_pretrained(str(tmp))
-    try:
-        tmp.replace(path)
-    except OSError:  # another process of a sweep saved it first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tokenizer
+    """The cached local tokenizer for this corpus and vocabulary size, trained on first use (once across
+    the processes of a sweep: :func:`p3bench.cache_store.get_or_create`), in
+    ``<cache_dir>/tokenizers/bpe-<vocab_size>-<key>/``."""
+
+    def load(directory: Path, manifest: dict[str, Any]) -> PreTrainedTokenizerFast | None:
+        return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+    def build(directory: Path) -> tuple[PreTrainedTokenizerFast, dict[str, Any]]:
+        log.info("training a %d-token BPE tokenizer on %d texts", vocab_size, len(texts))
+        tokenizer = train_local_tokenizer(texts, vocab_size)
+        tokenizer.save_pretrained(str(directory))
+        return tokenizer, {"vocab": len(tokenizer)}
+
+    entry = CacheStore(cache_dir).entry(local_tokenizer_cache_key(texts, vocab_size))
+    return get_or_create(entry, load, build).value
 
 
 def pretrained_tokenizer(name_or_path: str, offline: bool) -> PreTrainedTokenizerBase:

@@ -24,8 +24,8 @@ batches drawn from seeded permutations of the pool; seeded and deterministic on 
 random state is left as it was, so a run that loads cached weights continues exactly like one that trained
 them.
 
-Caching: the weights are saved under ``cache_dir/warm_start/<key>`` (``model.safetensors`` and
-``warm_start.json``), where the key hashes everything they depend on: the model class and config, a digest
+Caching: the weights are saved in the cache entry ``cache_dir/weights/warm_start-<key>/``
+(``model.safetensors`` and ``warm_start.json``; docs/caches.md), where the key hashes everything they depend on: the model class and config, a digest
 of the initial weights (which the run's global seed produced), the tokenizer, the corpus, the settings
 (their seed is the run's unless set) and :data:`WARM_START_VERSION`. They are written through a temporary
 directory and moved into place under a file lock, so parallel sweep jobs train once and the others load
@@ -50,7 +50,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from p3bench.data.example import Example
 from p3bench.errors import ConfigError
 from p3bench.models.collate import TrainCollator, encode_examples
-from p3bench.models.weights_cache import cached_weights, model_config_dict, tokenizer_digest, weights_digest
+from p3bench.models.weights_cache import (
+    cached_weights,
+    model_config_dict,
+    tokenizer_digest,
+    weights_cache_key,
+    weights_digest,
+)
 from p3bench.utils.hashing import json_sha256, texts_sha256
 from p3bench.utils.progress import progress_bar
 
@@ -169,24 +175,25 @@ def warm_start(
     if not examples:
         raise ConfigError("model.warm_start has no documents to pre-train on: the train split is empty")
     texts = [ex.prompt + ex.target for ex in examples]
-    key = json_sha256(
-        {
-            "version": WARM_START_VERSION,
-            "config": model_config_dict(model),
-            "initial_weights": weights_digest(model),
-            "tokenizer": tokenizer_digest(tokenizer),
-            "corpus": texts_sha256(texts),
-            "n_documents": len(texts),
-            "settings": asdict(settings),
-        }
-    )[:20]
-    path = Path(cache_dir) / "warm_start" / key
+    parts = {
+        "version": WARM_START_VERSION,
+        "config": model_config_dict(model),
+        "initial_weights": weights_digest(model),
+        "tokenizer": tokenizer_digest(tokenizer),
+        "corpus": texts_sha256(texts),
+        "n_documents": len(texts),
+        "settings": asdict(settings),
+    }
+    key = json_sha256(parts)[:20]
+    entry_key = weights_cache_key(
+        "warm_start", parts, model=("config", "initial_weights", "tokenizer"), data=("corpus", "n_documents")
+    )
 
     def train() -> dict[str, Any]:
         log.info("warm start: pre-training for %d steps on %d documents", settings.steps, len(texts))
         return {"key": key, **pretrain(model, tokenizer, examples, settings, progress)}
 
-    record, cache_hit = cached_weights(model, path, RECORD_FILE, train)
+    record, cache_hit, _ = cached_weights(model, cache_dir, entry_key, RECORD_FILE, train)
     if cache_hit:
         log.info("warm start: loaded pre-trained weights %s (%d steps)", key, record["steps"])
     return {**record, "cache_hit": cache_hit}

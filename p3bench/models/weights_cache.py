@@ -3,9 +3,11 @@
 - :func:`weights_digest`, :func:`tokenizer_digest`, :func:`model_config_dict`: what a model's weights, a
   tokenizer and a model's configuration are, as short hashes or plain data, for cache keys and scorer
   fingerprints.
-- :func:`cached_weights`: a directory per key holding ``model.safetensors`` and a JSON record; the first
-  caller trains (under a file lock, so parallel sweep jobs train once), writes through a temporary sibling
-  directory and moves it into place whole; later callers load the weights into their model.
+- :func:`cached_weights`: an entry of kind ``weights`` (:mod:`p3bench.cache_store`, docs/caches.md) per
+  key, ``<cache_dir>/weights/<label>-<key>/`` holding ``model.safetensors``, a JSON record and the
+  manifest; the first caller trains (under a file lock, so parallel sweep jobs train once), writes through
+  a temporary sibling directory and moves it into place whole; later callers load the weights into their
+  model. :func:`weights_cache_key` makes the key from what the weights depend on.
 
 Used by the warm start (:mod:`p3bench.models.warm_start`), the trained reference models
 (:mod:`p3bench.models.reference`) and the scorers' fingerprints (:mod:`p3bench.scoring.ask_llm`).
@@ -15,16 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from p3bench.utils.io import atomic_write_json, exclusive_lock, publish_directory
+from p3bench.cache_store import CacheKey, CacheStore, get_or_create
+from p3bench.utils.io import atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -65,38 +66,61 @@ def model_config_dict(model: torch.nn.Module) -> dict[str, Any]:
     return {"class": type(model).__name__, **values}
 
 
+def weights_cache_key(
+    label: str, parts: dict[str, Any], model: Sequence[str], data: Sequence[str]
+) -> CacheKey:
+    """The cache key (kind ``weights``) of trained weights that depend on ``parts``: the entries named in
+    ``model`` (the initial model, tokenizer) are its model, those in ``data`` (the corpus) its data, the
+    rest (settings, versions) its config. Values are taken as JSON (``str`` of anything else)."""
+    plain = json.loads(json.dumps(parts, default=str))
+    unknown = sorted((set(model) | set(data)) - set(plain))
+    if unknown:
+        raise ValueError(f"weights cache key parts {unknown} are not in {sorted(plain)}")
+    return CacheKey(
+        "weights",
+        label,
+        model={name: plain[name] for name in model},
+        data={name: plain[name] for name in data},
+        config={name: value for name, value in plain.items() if name not in {*model, *data}},
+    )
+
+
 def cached_weights(
-    model: torch.nn.Module, path: str | Path, record_file: str, train: Callable[[], dict[str, Any]]
-) -> tuple[dict[str, Any], bool]:
-    """``model``'s weights from the cache directory ``path``, or trained by ``train`` and saved there.
+    model: torch.nn.Module,
+    cache_dir: str | Path,
+    key: CacheKey,
+    record_file: str,
+    train: Callable[[], dict[str, Any]],
+) -> tuple[dict[str, Any], bool, Path]:
+    """``model``'s weights from the cache entry of ``key`` under ``cache_dir``, or trained by ``train``
+    and saved there (:func:`p3bench.cache_store.get_or_create`: once across the processes of a sweep).
 
     ``train()`` trains ``model`` in place and returns the JSON record saved beside the weights. Returns the
-    record and whether it came from the cache; either way ``model`` then holds the cached weights.
+    record, whether it came from the cache, and the entry's directory; either way ``model`` then holds the
+    cached weights.
     """
-    path = Path(path)
-    with exclusive_lock(path.with_suffix(".lock")):
-        if (path / record_file).is_file() and (path / WEIGHTS_FILE).is_file():
-            device = next(model.parameters()).device
-            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
-            return json.loads((path / record_file).read_text(encoding="utf-8")), True
+
+    def load(directory: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        device = next(model.parameters()).device
+        load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
+        return json.loads((directory / record_file).read_text(encoding="utf-8"))
+
+    def build(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         record = train()
-        _save(model, record, path, record_file)
-    return record, False
+        save_model(model, str(directory / WEIGHTS_FILE))
+        atomic_write_json(directory / record_file, record)
+        return record, {"record_file": record_file}
+
+    entry = CacheStore(cache_dir).entry(key)
+    result = get_or_create(entry, load, build)
+    return result.value, result.hit, entry.path
 
 
-def _save(model: torch.nn.Module, record: dict[str, Any], path: Path, record_file: str) -> None:
-    """Weights and record to ``path`` through a temporary sibling directory moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_model(model, str(tmp / WEIGHTS_FILE))
-        atomic_write_json(tmp / record_file, record)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():  # a half-written directory of an interrupted run (no record file)
-        shutil.rmtree(path, ignore_errors=True)
-    publish_directory(tmp, path)
-
-
-__all__ = ["WEIGHTS_FILE", "cached_weights", "model_config_dict", "tokenizer_digest", "weights_digest"]
+__all__ = [
+    "WEIGHTS_FILE",
+    "cached_weights",
+    "model_config_dict",
+    "tokenizer_digest",
+    "weights_cache_key",
+    "weights_digest",
+]

@@ -14,6 +14,7 @@ from typing import Any
 from p3bench.report import agent_plots, agent_tables, comparison_tables, diagnostics, round_diagnostics
 from p3bench.report.aggregate import WHOLE_POOL, Group, Section, group_runs
 from p3bench.report.comparisons import DEFAULT_REFERENCES, SectionComparisons, base_method, compare_section
+from p3bench.report.run_status import run_status_table
 from p3bench.report.runs import NOT_EXPANDED, NOT_STARTED, RUN_ELSEWHERE, RunRecord, load_runs
 from p3bench.utils.io import atomic_write_text
 
@@ -373,6 +374,7 @@ def summary_markdown(
     if repeats:
         lines += ["", "## Settings that finished more than once (averaged as one seed)", ""]
         lines += [f"- {', '.join(str(r.path) for r in runs)}" for runs in repeats]
+    lines += ["", "## Run directories: finished, failed, unfinished", "", *run_status_table(records)]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
-from p3bench.results import RESULTS_FILE, SELECTION_FILE, summary_metrics
+from p3bench.results import RESULTS_FILE, summary_metrics
+from p3bench.selection_files import read_selection
+from p3bench.sweeps import read_completion_marker
 
 OK, FAILED, UNFINISHED, CORRUPT, NOT_STARTED = "ok", "failed", "unfinished", "corrupt", "not started"
 #: a sweep's job that never started there, whose settings finished in another given directory
@@ -52,6 +54,8 @@ class RunRecord:
     problem: str | None = None
     results: dict[str, Any] | None = None
     identity: dict[str, Any] = field(default_factory=dict)
+    #: the completion marker the run left when it finished (p3bench/sweeps.py), None without one
+    completion_marker: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,12 +112,10 @@ class RunRecord:
 
     @cached_property
     def selected_ids(self) -> frozenset[str] | None:
-        """The distinct ids the run trained on over all its rounds (from selection.jsonl); None when the file
+        """The distinct ids the run trained on over all its rounds (from selection.jsonl or selection.parquet); None when the file
         is missing, unreadable, or does not hold the ``n_selected`` ids results.json records."""
-        path = self.path / SELECTION_FILE
         try:
-            with path.open(encoding="utf-8") as handle:
-                ids = frozenset(str(json.loads(line)["id"]) for line in handle if line.strip())
+            ids = frozenset(str(row["id"]) for row in read_selection(self.path))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             return None
         expected = (self.results or {}).get("selection", {}).get("n_selected")
@@ -193,7 +195,7 @@ def load_run(path: Path) -> RunRecord:
         )
     run = results["run"]
     identity = {**identity, **{key: run[key] for key in SETTINGS if key in run}}
-    return RunRecord(path, OK, None, results, identity)
+    return RunRecord(path, OK, None, results, identity, read_completion_marker(path))
 
 
 def identity_from_hydra_config(path: Path) -> dict[str, Any]:

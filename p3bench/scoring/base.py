@@ -202,13 +202,21 @@ def forward_pass(
     the number of non-padding tokens processed (summed over processes).
 
     Batches are length-bucketed (and capped at ``max_batch_tokens`` padded tokens); the pass runs under ``torch.inference_mode`` in eval mode and restores the
-    module's training mode afterwards. Under torch.distributed each process scores its share and the rows
-    are gathered, so every process returns the same arrays. With ``progress``, a bar named ``description``
+    module's training mode afterwards. Under torch.distributed each process scores whole batches of the
+    one-process pass (batches ``rank, rank + world, ...``) and the rows are gathered, so every process
+    returns bitwise the arrays of one process. With ``progress``, a bar named ``description``
     counts the examples scored (:func:`p3bench.utils.progress.progress_bar`; rank zero's share).
     """
-    positions, _, world = shard(len(items))
-    lengths = [items.encoded.num_tokens(items.indices[p], items.max_length) for p in positions]
-    batches = length_buckets(lengths, batch_size, max_batch_tokens)
+    _, rank, world = shard(len(items))
+    # whole batches of the one-process pass, dealt round-robin: every item is scored in the batch (and the
+    # padded width) one process scores it in, so every process gets bitwise the rows of one process
+    lengths = [items.encoded.num_tokens(index, items.max_length) for index in items.indices]
+    dealt = length_buckets(lengths, batch_size, max_batch_tokens)[rank::world]
+    positions = [p for batch in dealt for p in batch]
+    batches, start = [], 0  # the dealt batches as positions into this process's subset
+    for batch in dealt:
+        batches.append(list(range(start, start + len(batch))))
+        start += len(batch)
     collate = TrainCollator(items.tokenizer.pad_token_id, items.max_length)
     subset = EncodedSubset(items.encoded, [items.indices[p] for p in positions])
     model = module.model

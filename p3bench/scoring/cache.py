@@ -3,43 +3,36 @@
 Scoring a pool with a large judge (Flan-T5-XL in Sachdeva et al., "How to Train Data-Efficient LLMs") is
 the expensive part of a quality sampler, and every budget and seed of a sweep reuses the same scores::
 
-    scores = cached_scores(scorer, texts, Path(cfg.paths.cache_dir) / "scores", name="askllm-xl")
+    scores = cached_scores(scorer, texts, cfg.paths.cache_dir, name="askllm-xl")
 
-The file is ``<cache_dir>/<name>-<key>.npy`` (float64, one score per text), where ``key`` is the
-sha256 of the scorer's fingerprint and the texts in order (:func:`scores_cache_key`), with the conventions
-of :func:`p3bench.embeddings.cached_embeddings`: written atomically (temporary file in the same directory,
-``os.replace``), a file that cannot be read or has the wrong shape is recomputed, ``cache_dir=None``
-disables the cache. Next to it, ``<name>-<key>.json`` (also atomic) says what the file holds: the
-fingerprint, the number of texts, a sha256 of the texts, when it was computed and how long it took,
-``forward_tokens`` (the non-padding tokens the scorer's model processed,
-:meth:`TextScorer.count_forward_tokens`) and the scorer's ``metadata`` when it has one.
+The entry is ``<cache_dir>/scores/<name>-<key>/`` (:mod:`p3bench.cache_store`, docs/caches.md):
+``scores.npy`` (float64, one score per text) and ``manifest.json``, where ``key`` hashes the scorer's
+fingerprint and the texts in order (:func:`scores_cache_key`). It is built once under a file lock and
+published whole, an entry that cannot be read or has the wrong shape is recomputed, ``cache_dir=None``
+disables the cache. The manifest records the fingerprint, the texts' count and sha256, when the scores
+were computed and how long it took, and in its ``info`` the ``forward_tokens`` (the non-padding tokens the
+scorer's model processed, :meth:`TextScorer.count_forward_tokens`) and the scorer's ``metadata`` when it
+has one.
 
 The forward tokens belong to the scores, not to the run that happened to compute them:
 :func:`cached_scores_counted` reports the same count on a cache hit as on the first computation, read back
-from the sidecar (or, for a sidecar written before it held the count, recounted with the scorer's tokenizer,
-which needs no model pass, and written into the sidecar).
+from the manifest (or, for a manifest without the count, recounted with the scorer's tokenizer, which
+needs no model pass).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from p3bench.embeddings import atomic_save_npy
+from p3bench.cache_store import CacheKey, CacheStore, get_or_create, texts_fingerprint
 from p3bench.errors import ConfigError
-from p3bench.utils.hashing import texts_sha256
-from p3bench.utils.io import atomic_write_json
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -85,15 +78,23 @@ class CachedScores:
     from_cache: bool
 
 
+SCORES_FILE = "scores.npy"
+
+
+def scores_cache_entry_key(scorer: Any, texts: Sequence[str], *, name: str | None = None) -> CacheKey:
+    """The cache key of ``texts`` scored by ``scorer``: kind ``scores``, the scorer's fingerprint as the
+    model, the texts in order as the data (:func:`p3bench.cache_store.texts_fingerprint`); ``name``
+    (default: the scorer's) labels the entry and is not hashed."""
+    return CacheKey(
+        "scores", _name(scorer, name), model=str(scorer.fingerprint), data=texts_fingerprint(texts)
+    )
+
+
 def scores_cache_key(scorer: Any, texts: Sequence[str]) -> str:
-    """sha256 of ``scorer.fingerprint`` and the texts in order; every string is length-prefixed, so no two
-    different (fingerprint, texts) pairs hash the same bytes (the scheme of ``embeddings_cache_key``)."""
-    digest = hashlib.sha256()
-    for part in (scorer.fingerprint, *texts):
-        data = str(part).encode("utf-8")
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
+    """The hash that names the cache entry: the :class:`p3bench.cache_store.CacheKey` digest of the kind, the
+    scorer's fingerprint and the texts' fingerprint (their count and sha256 in order, every text
+    length-prefixed, so no two different text lists hash the same bytes)."""
+    return scores_cache_entry_key(scorer, list(texts), name="scores").digest
 
 
 def _name(scorer: Any, name: str | None) -> str:
@@ -110,13 +111,13 @@ def _name(scorer: Any, name: str | None) -> str:
 def scores_cache_path(
     scorer: Any, texts: Sequence[str], cache_dir: str | Path, *, name: str | None = None
 ) -> Path:
-    """Where :func:`cached_scores` keeps the scores of ``texts``: ``<cache_dir>/<name>-<key>.npy``."""
-    return Path(cache_dir) / f"{_name(scorer, name)}-{scores_cache_key(scorer, list(texts))}.npy"
+    """Where :func:`cached_scores` keeps the scores of ``texts``:
+    ``<cache_dir>/scores/<name>-<key>/scores.npy``, its manifest beside it (``manifest.json``)."""
+    key = scores_cache_entry_key(scorer, list(texts), name=name)
+    return CacheStore(cache_dir).entry(key).path / SCORES_FILE
 
 
 def _load(path: Path, n: int) -> np.ndarray | None:
-    if not path.is_file():
-        return None
     try:
         cached = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
@@ -126,33 +127,14 @@ def _load(path: Path, n: int) -> np.ndarray | None:
     return cached.astype(np.float64, copy=False)
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return sidecar if isinstance(sidecar, dict) else None
-
-
-def _tokens_on_hit(scorer: Any, texts: list[str], path: Path) -> int:
-    """The forward tokens of cached scores: the sidecar's count when it has one for this scorer and these
-    texts, else a recount with the scorer's tokenizer (written into the sidecar for the next hit)."""
-    sidecar_path = path.with_suffix(".json")
-    sidecar = _read_sidecar(sidecar_path)
-    matches = (
-        sidecar is not None
-        and sidecar.get("fingerprint") == scorer.fingerprint
-        and sidecar.get("n") == len(texts)
-    )
-    stored = sidecar.get("forward_tokens") if matches else None  # type: ignore[union-attr]
+def _tokens_on_hit(scorer: Any, texts: list[str], info: dict[str, Any]) -> int:
+    """The forward tokens of cached scores: the manifest's count, else a recount with the scorer's
+    tokenizer (no model pass)."""
+    stored = info.get("forward_tokens")
     if isinstance(stored, int) and not isinstance(stored, bool) and stored >= 0:
         return stored
     counter = getattr(scorer, "count_forward_tokens", None)
-    tokens = int(counter(texts)) if callable(counter) else 0
-    if matches:
-        with contextlib.suppress(OSError):  # a read-only cache: recount on the next hit too
-            atomic_write_json(sidecar_path, {**sidecar, "forward_tokens": tokens})  # type: ignore[dict-item]
-    return tokens
+    return int(counter(texts)) if callable(counter) else 0
 
 
 def _score(scorer: Any, texts: list[str]) -> tuple[np.ndarray, int]:
@@ -166,43 +148,45 @@ def _score(scorer: Any, texts: list[str]) -> tuple[np.ndarray, int]:
     return np.asarray(scores, dtype=np.float64), int(tokens)
 
 
-def _cached(
-    scorer: Any, texts: Sequence[str], cache_dir: str | Path | None, name: str | None, count: bool
-) -> CachedScores:
-    texts = [str(text) for text in texts]
-    name = _name(scorer, name)
-    path = scores_cache_path(scorer, texts, cache_dir, name=name) if cache_dir is not None else None
-    if path is not None:
-        cached = _load(path, len(texts))
-        if cached is not None:
-            tokens = _tokens_on_hit(scorer, texts, path) if count else 0
-            return CachedScores(scores=cached, forward_tokens=tokens, from_cache=True)
-    start = time.perf_counter()
+def _checked(scorer: Any, texts: list[str]) -> tuple[np.ndarray, int]:
     scores, tokens = _score(scorer, texts)
-    seconds = time.perf_counter() - start
     if scores.shape != (len(texts),):
         raise ValueError(
             f"scorer {getattr(scorer, 'name', type(scorer).__name__)!r} returned shape {scores.shape}: "
             f"expected ({len(texts)},), one score per text"
         )
-    if path is None:
+    return scores, tokens
+
+
+def _cached(
+    scorer: Any, texts: Sequence[str], cache_dir: str | Path | None, name: str | None, count: bool
+) -> CachedScores:
+    texts = [str(text) for text in texts]
+    name = _name(scorer, name)
+    if cache_dir is None:
+        scores, tokens = _checked(scorer, texts)
         return CachedScores(scores=scores, forward_tokens=tokens, from_cache=False)
-    atomic_save_npy(path, np.ascontiguousarray(scores))
-    metadata = getattr(scorer, "metadata", None)
-    sidecar: dict[str, Any] = {
-        "name": name,
-        "file": path.name,
-        "fingerprint": scorer.fingerprint,
-        "n": len(texts),
-        "texts_sha256": texts_sha256(texts),
-        "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "forward_tokens": tokens,
-    }
-    if isinstance(metadata, dict):
-        sidecar["scorer"] = metadata
-    atomic_write_json(path.with_suffix(".json"), sidecar)
-    return CachedScores(scores=scores, forward_tokens=tokens, from_cache=False)
+
+    def load(directory: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+        return _load(directory / SCORES_FILE, len(texts))
+
+    def build(directory: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        scores, tokens = _checked(scorer, texts)
+        with (directory / SCORES_FILE).open("wb") as handle:
+            np.save(handle, np.ascontiguousarray(scores), allow_pickle=False)
+        info: dict[str, Any] = {"name": name, "forward_tokens": tokens}
+        metadata = getattr(scorer, "metadata", None)
+        if isinstance(metadata, dict):
+            info["scorer"] = metadata
+        return scores, info
+
+    entry = CacheStore(cache_dir).entry(scores_cache_entry_key(scorer, texts, name=name))
+    result = get_or_create(entry, load, build)
+    if result.hit:
+        tokens = _tokens_on_hit(scorer, texts, result.info) if count else 0
+    else:
+        tokens = int(result.info["forward_tokens"])
+    return CachedScores(scores=result.value, forward_tokens=tokens, from_cache=result.hit)
 
 
 def cached_scores(
@@ -212,9 +196,9 @@ def cached_scores(
 
     ``scorer`` is any object with a ``fingerprint`` string and a ``score_texts(texts)`` method (a
     :class:`TextScorer`). ``name`` prefixes the file names (e.g. ``"askllm-xl"``; default: the scorer's
-    ``name``) and does not enter the key. The files go straight into ``cache_dir``, as with
-    :func:`p3bench.embeddings.cached_embeddings` (callers pass a folder under the run's ``paths.cache_dir``,
-    e.g. its ``scores`` folder); ``cache_dir=None`` scores without caching. :func:`cached_scores_counted`
+    ``name``) and does not enter the key. ``cache_dir`` is the run's ``paths.cache_dir`` (or its ``scores``
+    folder, which stands for it: :func:`p3bench.cache_store.cache_root`); ``cache_dir=None`` scores
+    without caching. :func:`cached_scores_counted`
     also gives the forward tokens.
 
     Raises:
@@ -228,8 +212,8 @@ def cached_scores_counted(
     scorer: Any, texts: Sequence[str], cache_dir: str | Path | None, *, name: str | None = None
 ) -> CachedScores:
     """:func:`cached_scores` with the forward tokens the scores take: what the scorer's pass processed
-    (``score_texts_counted``) when it runs, the sidecar's count on a cache hit, or a recount with
-    the scorer's tokenizer (``count_forward_tokens``) when an older sidecar has none. A scorer with neither
+    (``score_texts_counted``) when it runs, the manifest's count on a cache hit, or a recount with
+    the scorer's tokenizer (``count_forward_tokens``) when the manifest has none. A scorer with neither
     method counts 0.
 
     Raises:
@@ -244,6 +228,7 @@ __all__ = [
     "TextScorer",
     "cached_scores",
     "cached_scores_counted",
+    "scores_cache_entry_key",
     "scores_cache_key",
     "scores_cache_path",
 ]

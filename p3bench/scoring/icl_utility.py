@@ -51,7 +51,8 @@ Where this departs from the public code, and why:
 - Probabilities are a float32 softmax whatever the model's dtype.
 
 Cache: with ``cache_dir``, the distances (not the kind, which is applied on load) are stored as
-``<cache_dir>/icl-utility-<key>.npz`` with a JSON sidecar, both written atomically, keyed by the model
+an entry of kind ``kernels`` (``<cache>/kernels/icl-utility-<key>/distances.npz`` and its manifest, docs/caches.md),
+written atomically under the entry's lock, keyed by the model
 (a digest of its weights and config, or ``model_fingerprint``), the tokenizer, the examples' texts, the
 prompts, ``max_length`` and the neighbour settings. A hit runs no forward pass and reports the forward tokens
 the kernel took when it was computed, as :mod:`p3bench.scoring.cache` does.

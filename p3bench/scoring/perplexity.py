@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from p3bench.errors import ConfigError
-from p3bench.scoring.ask_llm import ModelTextScorer, load_checkpoint
+from p3bench.scoring.text_models import ModelTextScorer, load_checkpoint
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -148,16 +148,20 @@ class PerplexityScorer(ModelTextScorer):
         """The model inputs of every text (:meth:`encode`); those shorter than two tokens are not run."""
         return [self.encode(text) for text in texts]
 
+    def runs(self, ids: Sequence[int]) -> bool:
+        """A text is run when its inputs hold at least two tokens (one to predict)."""
+        return len(ids) >= 2
+
     def count_forward_tokens(self, texts: Sequence[str]) -> int:
         """The non-padding tokens scoring ``texts`` feeds the model, from the tokenizer alone: the inputs
         (BOS included, cut to ``max_tokens``) of every text with at least two of them (a shorter one has
         nothing to predict and is not run)."""
-        return sum(len(ids) for ids in self.model_inputs(texts) if len(ids) >= 2)
+        return sum(len(ids) for ids in self.model_inputs(texts) if self.runs(ids))
 
     def score_texts_detailed(self, texts: Sequence[str]) -> PerplexityResult:
         """Mean NLL, perplexity and predicted-token count of every text (float64 / int64, input order)."""
         sequences = self.model_inputs(texts)
-        scored = [i for i, ids in enumerate(sequences) if len(ids) >= 2]
+        scored = [i for i, ids in enumerate(sequences) if self.runs(ids)]
         total = np.zeros(len(sequences), dtype=np.float64)
         count = np.zeros(len(sequences), dtype=np.int64)
 

@@ -4,7 +4,6 @@ lock, so that concurrent sweep jobs build a cached artefact once."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -71,22 +70,32 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path
     return atomic_write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (a lock file, created if needed) for the duration of the block."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def publish_directory(tmp: str | Path, final: str | Path) -> None:
     """Move a finished directory into place (atomic rename), or drop it if another process won."""
     try:
         Path(tmp).replace(final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_save_npy(path: str | Path, array: Any) -> Path:
+    """``np.save`` through a temporary file in the same directory and ``os.replace`` (the binary twin of
+    :func:`p3bench.utils.io.atomic_write_text`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    import numpy as np
+
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
