@@ -392,3 +392,22 @@ def test_density_sample_end_to_end() -> None:
     assert len(density_sample(X, 0)) == 0
     with pytest.raises(ConfigError, match="k=2001"):
         density_sample(X, 2001)
+
+
+def test_default_bandwidth_samples_before_converting_to_float64():
+    """The bandwidth of float32 embeddings is the float64 computation's, to the bit, without a float64
+    copy of the whole pool (3 GB at 10^6 x 384): only the sampled rows are converted."""
+    import tracemalloc
+
+    from p3bench.algorithms.density import default_bandwidth
+
+    X = np.random.default_rng(3).standard_normal((200_000, 64)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        w = default_bandwidth(X, seed=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert w == default_bandwidth(X.astype(np.float64), seed=1)
+    # the sample's pairwise distances take about 20 MB whatever the pool; a float64 copy would be 102 MB
+    assert peak < X.size * 8 / 2

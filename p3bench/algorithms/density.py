@@ -167,12 +167,16 @@ def default_bandwidth(
     kernel but makes the counts smaller and noisier, and bucket collisions relatively larger."""
     if not 0.0 < quantile <= 1.0:
         raise ConfigError(f"quantile={quantile} is out of range: expected 0 < quantile <= 1")
-    A = _as_matrix(X, np.float64)
+    # checked in its own precision (float32 embeddings are not copied to float64: 3 GB at 10^6 x 384); only
+    # the sampled rows are converted, to the same float64 values a whole conversion would give
+    given = np.asarray(X)
+    A = _as_matrix(given, np.float32 if given.dtype == np.float32 else np.float64)
     n = A.shape[0]
     if n < 2:
         return 1.0
     if n > sample:
         A = A[np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))]
+    A = A.astype(np.float64, copy=False)
     dist = np.sqrt(_sq_dists(A, A)[np.triu_indices(A.shape[0], k=1)])
     w = float(np.quantile(dist, quantile))
     return w if w > 0 else 1.0
