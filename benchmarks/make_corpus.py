@@ -12,7 +12,6 @@ Each shard is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from p3bench.data.text import chunk_text, manifest_titles, read_text, strip_gutenberg
+from p3bench.utils.io import atomic_output
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a document must have a word (letters or digits): the books' separator lines ("* * *") are left out
@@ -46,10 +46,8 @@ def write_corpus(directory: Path, out: Path, n_docs: int, chunk_words: int, shar
         nonlocal rows, shard
         if not rows:
             return
-        path = out / f"part-{shard:05d}.parquet"
-        tmp = out / f".{path.name}.tmp"
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, path)
+        with atomic_output(out / f"part-{shard:05d}.parquet", "wb") as handle:
+            pq.write_table(pa.Table.from_pylist(rows), handle)
         rows, shard = [], shard + 1
 
     for doc in documents(directory, chunk_words):

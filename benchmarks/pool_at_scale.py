@@ -32,12 +32,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def measured(command: list[str], what: str, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``command`` under ``/usr/bin/time`` and return its wall seconds and peak RSS in GB; a failure
+    stops the benchmark naming ``what``."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *command], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return wall, int(done.stderr.strip().splitlines()[-1]) / 1e6
+
+
 def run_method(args: argparse.Namespace, method: str, out: Path) -> dict:
     run_dir = out / f"{method}_n{args.max_train or 'all'}"
     command = [
-        "/usr/bin/time",
-        "-f",
-        "%M %e",
         sys.executable,
         "-m",
         "p3bench",
@@ -61,12 +71,7 @@ def run_method(args: argparse.Namespace, method: str, out: Path) -> dict:
         f"+coverage_embedder.kwargs.{key}={json.dumps(value)}" for key, value in embedder_kwargs(args).items()
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
-    peak_kb, _ = done.stderr.strip().splitlines()[-1].split()
+    wall, peak_gb = measured(command, method, env)
     results = json.loads((run_dir / "results.json").read_text())
     selection = results["selection"]
     n_pool = selection["pool_size"]
@@ -79,9 +84,9 @@ def run_method(args: argparse.Namespace, method: str, out: Path) -> dict:
         "ids_sha256": selection["ids_sha256"],
         "wall_s": round(wall, 1),
         "selection_s": round(results["compute"]["seconds"].get("selection", float("nan")), 1),
-        "peak_rss_gb": round(int(peak_kb) / 1e6, 2),
+        "peak_rss_gb": round(peak_gb, 2),
         "embeddings_gb": round(embeddings_gb, 2),
-        "peak_beyond_embeddings_gb": round(int(peak_kb) / 1e6 - embeddings_gb, 2),
+        "peak_beyond_embeddings_gb": round(peak_gb - embeddings_gb, 2),
         "load_1min": round(os.getloadavg()[0], 1),
     }
 
@@ -114,16 +119,11 @@ def embedder_kwargs(args: argparse.Namespace) -> dict:
 
 
 def measure_embedding(args: argparse.Namespace) -> dict:
-    command = ["/usr/bin/time", "-f", "%M %e", sys.executable, __file__, "--embed-only", *sys.argv[1:]]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"embedding failed:\n{done.stderr[-3000:]}")
-    peak_kb, _ = done.stderr.strip().splitlines()[-1].split()
+    wall, peak_gb = measured([sys.executable, __file__, "--embed-only", *sys.argv[1:]], "embedding")
     return {
         "stage": f"embed ({args.embedder})",
-        "wall_s": round(time.perf_counter() - start, 1),
-        "peak_rss_gb": round(int(peak_kb) / 1e6, 2),
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(peak_gb, 2),
         "load_1min": round(os.getloadavg()[0], 1),
     }
 

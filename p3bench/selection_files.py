@@ -11,15 +11,13 @@ leaves no stale file behind). Both are written atomically (a temporary file rena
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from p3bench.utils.io import atomic_write_jsonl
+from p3bench.utils.io import atomic_output, atomic_write_jsonl
 
 SELECTION_JSONL = "selection.jsonl"
 SELECTION_PARQUET = "selection.parquet"
@@ -51,15 +49,8 @@ def write_selection(
             ],
             schema=SELECTION_SCHEMA,
         )
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=output_dir)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_output(path, "wb") as handle:
+            pq.write_table(table, handle)
     else:
         path, other = output_dir / SELECTION_JSONL, output_dir / SELECTION_PARQUET
         atomic_write_jsonl(path, rows)

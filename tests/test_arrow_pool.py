@@ -14,7 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from p3bench.data.arrow_pool import ArrowPool, encode_arrow_pool, pool_column, pool_ids, write_arrow_pool
+from p3bench.data.arrow_pool import (
+    ArrowPool,
+    encode_arrow_pool,
+    iter_meta,
+    pool_ids,
+    pool_texts,
+    write_arrow_pool,
+)
 from p3bench.data.example import DatasetSplits, Example
 from p3bench.data.synthetic_math import load_synthetic_math
 from p3bench.errors import ConfigError
@@ -48,8 +55,9 @@ def test_the_pool_reads_back_every_example_and_column_exactly(tmp_path: Path, sm
     assert pool[0] == examples[0] and pool[-1] == examples[-1] and pool[5:9] == examples[5:9]
     assert pool.take([602, 3, 600]) == [examples[602], examples[3], examples[600]]
     assert pool_ids(pool) == [ex.id for ex in examples]
-    assert pool_column(pool, "meta") == [ex.meta for ex in examples]
-    assert pool_column(pool, "tests") == [ex.tests for ex in examples]
+    assert pool.column("meta") == list(iter_meta(pool)) == [ex.meta for ex in examples]
+    assert pool.column("tests") == [ex.tests for ex in examples]
+    assert list(pool_texts(pool)) == pool_texts(examples) == [ex.prompt + ex.target for ex in examples]
     with pytest.raises(IndexError):
         pool[len(examples)]
 

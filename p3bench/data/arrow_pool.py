@@ -128,6 +128,18 @@ def write_arrow_pool(examples: Iterable[Example], directory: str | Path) -> Path
         tmp.unlink(missing_ok=True)
 
 
+def _example(id_: str, prompt: str, target: str, answer: str | None, tests: str | None, meta: str) -> Example:
+    """The :class:`Example` of one pool row (its :data:`POOL_SCHEMA` values, in order)."""
+    return Example(
+        id=id_,
+        prompt=prompt,
+        target=target,
+        answer=answer,
+        tests=None if tests is None else json.loads(tests),
+        meta=json.loads(meta),
+    )
+
+
 class ArrowPool(Sequence[Example]):
     """The examples of an Arrow pool file, memory-mapped (``datasets.Dataset.from_file``), built lazily."""
 
@@ -168,15 +180,7 @@ class ArrowPool(Sequence[Example]):
             position += n
         if not 0 <= position < n:
             raise IndexError(f"pool index {index} out of range for a pool of {n}")
-        id_, prompt, target, answer, tests, meta = (column[position].as_py() for column in self._columns)
-        return Example(
-            id=id_,
-            prompt=prompt,
-            target=target,
-            answer=answer,
-            tests=None if tests is None else json.loads(tests),
-            meta=json.loads(meta),
-        )
+        return _example(*(column[position].as_py() for column in self._columns))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> list[Example]:
         """The examples at ``indices`` (in that order), read with one Arrow ``take``."""
@@ -186,9 +190,14 @@ class ArrowPool(Sequence[Example]):
         return self._examples(self.dataset.data.table.take(pa.array(indices)))
 
     def __iter__(self) -> Iterator[Example]:
-        table = self.dataset.data.table
+        for rows in self.row_batches(POOL_SCHEMA.names):
+            yield from (_example(*row) for row in zip(*rows.values(), strict=True))
+
+    def row_batches(self, names: Sequence[str]) -> Iterator[dict[str, list[Any]]]:
+        """The columns ``names`` as Python lists, :data:`READ_BATCH` rows at a time, in pool order."""
+        table = self.dataset.data.table.select(list(names))
         for start in range(0, len(self), READ_BATCH):
-            yield from self._examples(table.slice(start, READ_BATCH))
+            yield table.slice(start, READ_BATCH).to_pydict()
 
     @property
     def ids(self) -> list[str]:
@@ -207,25 +216,7 @@ class ArrowPool(Sequence[Example]):
 
     def _examples(self, table: Any) -> list[Example]:
         rows = table.select(POOL_SCHEMA.names).to_pydict()
-        return [
-            Example(
-                id=id_,
-                prompt=prompt,
-                target=target,
-                answer=answer,
-                tests=None if tests is None else json.loads(tests),
-                meta=json.loads(meta),
-            )
-            for id_, prompt, target, answer, tests, meta in zip(
-                rows["id"],
-                rows["prompt"],
-                rows["target"],
-                rows["answer"],
-                rows["tests"],
-                rows["meta"],
-                strict=True,
-            )
-        ]
+        return [_example(*row) for row in zip(*(rows[name] for name in POOL_SCHEMA.names), strict=True)]
 
     def __repr__(self) -> str:
         return f"ArrowPool({len(self)} examples, {self.path})"
@@ -241,16 +232,8 @@ def iter_meta(pool: Sequence[Example]) -> Iterator[dict[str, Any]]:
     if not isinstance(pool, ArrowPool):
         yield from (ex.meta for ex in pool)
         return
-    column = pool.dataset.data.table.column("meta")
-    for start in range(0, len(pool), READ_BATCH):
-        yield from (json.loads(text) for text in column.slice(start, READ_BATCH).to_pylist())
-
-
-def pool_column(pool: Sequence[Example], name: str) -> list[Any]:
-    """One field of every pool example (``prompt``, ``target``, ``meta``...), from Arrow when it can be."""
-    if isinstance(pool, ArrowPool):
-        return pool.column(name)
-    return [getattr(ex, name) for ex in pool]
+    for rows in pool.row_batches(["meta"]):
+        yield from (json.loads(text) for text in rows["meta"])
 
 
 class _PoolTexts(Sequence[str]):
@@ -268,9 +251,7 @@ class _PoolTexts(Sequence[str]):
         return example.prompt + example.target
 
     def __iter__(self) -> Iterator[str]:
-        table = self._pool.dataset.data.table
-        for start in range(0, len(self._pool), READ_BATCH):
-            rows = table.slice(start, READ_BATCH).select(["prompt", "target"]).to_pydict()
+        for rows in self._pool.row_batches(["prompt", "target"]):
             yield from (p + t for p, t in zip(rows["prompt"], rows["target"], strict=True))
 
 

@@ -207,12 +207,6 @@ def load_corpus_files(
     pools.mkdir(parents=True, exist_ok=True)
     path = pools / f"{key}.arrow"
     if not path.exists():
-        features = datasets.Features(
-            {
-                name: datasets.Value("large_string" if t == "large_string" else "string")
-                for name, t in _types()
-            }
-        )
         with datasets_progress():
             source.select(train_rows).map(
                 _rows_to_pool,
@@ -221,7 +215,7 @@ def load_corpus_files(
                 with_indices=True,
                 fn_kwargs={**options, "row_numbers": train_rows},
                 remove_columns=source.column_names,
-                features=features,
+                features=datasets.Features.from_arrow_schema(POOL_SCHEMA),
                 cache_file_name=str(path),
                 new_fingerprint=key,
                 desc="writing the pool",
@@ -239,7 +233,3 @@ def load_corpus_files(
         test=examples(test_rows),
         info={"files": len(files), "rows": n, "pool_file": str(path)},
     )
-
-
-def _types() -> list[tuple[str, str]]:
-    return [(field.name, str(field.type)) for field in POOL_SCHEMA]

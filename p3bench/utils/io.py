@@ -1,5 +1,4 @@
-"""Atomic writes: a reader sees either the old file or the complete new one, never half of it; and a file
-lock, so that concurrent sweep jobs build a cached artefact once."""
+"""Atomic writes: a reader sees either the old file or the complete new one, never half of it."""
 
 from __future__ import annotations
 
@@ -79,23 +78,9 @@ def publish_directory(tmp: str | Path, final: str | Path) -> None:
 
 
 def atomic_save_npy(path: str | Path, array: Any) -> Path:
-    """``np.save`` through a temporary file in the same directory and ``os.replace`` (the binary twin of
-    :func:`p3bench.utils.io.atomic_write_text`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """``np.save`` through :func:`atomic_output` (the binary twin of :func:`atomic_write_text`)."""
     import numpy as np
 
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    return Path(path)
