@@ -85,6 +85,37 @@ def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+#: a short CPU run whose only work that matters is round 0's selection (one epoch of two batches, no test)
+ROUND_ZERO_RUN = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "dataset.params.n_val=16",
+    "dataset.params.n_test=16",
+    "test=false",
+    "logger=csv",
+]
+
+
+def round_zero_on_one_and_two_processes(
+    args: list[str], tmp_path: Path, cache_dir: Path
+) -> tuple[dict, dict]:
+    """Round 0's record in results.json of ``args`` (with :data:`ROUND_ZERO_RUN`) run through the CLI on one
+    process and on two (``trainer=ddp``, gloo on the CPU), each run checked to have that many processes."""
+    found = {}
+    for world, extra in ((1, ["trainer.devices=1"]), (2, ["trainer=ddp", "trainer.devices=2"])):
+        cwd = tmp_path / f"world{world}"
+        cwd.mkdir()
+        result = run_cli([*ROUND_ZERO_RUN, *args, *extra, "hydra.run.dir=run"], cwd, cache_dir, timeout=400)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = read_results(cwd / "run")
+        assert results["compute"]["world_size"] == world
+        found[world] = next(r for r in results["selection"]["rounds"] if r["round"] == 0)
+    return found[1], found[2]
+
+
 def find_run_dirs(root: Path) -> list[Path]:
     """Run directories below ``root``: the folders holding a ``.hydra/config.yaml``."""
     return sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))

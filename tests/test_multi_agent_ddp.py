@@ -18,7 +18,7 @@ from p3bench.methods import METHODS
 from p3bench.models.tokenizer import train_local_tokenizer
 from p3bench.scoring.rewards import REWARDS, batch_tokens, reference_batches, unit_batches
 
-from .conftest import read_results, run_cli
+from .conftest import round_zero_on_one_and_two_processes
 from .test_multi_agent_rewards import tiny_module, toy_splits, train_a_little, units_of
 
 REWARDS_COMPARED = {
@@ -97,9 +97,8 @@ def test_rewards_on_two_processes_equal_one_process_bitwise(tmp_path: Path):
         assert len(set(one[name]["values"].tolist())) == 7  # seven distinct rewards: nothing trivially equal
 
 
-def round_zero(run_dir: Path) -> dict:
-    rounds = read_results(run_dir)["selection"]["rounds"]
-    first = next(r for r in rounds if r["round"] == 0)
+def rewarded(first: dict) -> dict:
+    """Round 0's ids, its agents' rewards and its diagnostics."""
     rewards = {k: v for k, v in first["diagnostics"].items() if k.startswith("agents.") and ".reward." in k}
     return {"ids_sha256": first["ids_sha256"], "rewards": rewards, "diagnostics": first["diagnostics"]}
 
@@ -108,31 +107,14 @@ def round_zero(run_dir: Path) -> dict:
 def test_a_two_process_run_selects_round_zero_as_one_process_does(tmp_path: Path, cache_dir: Path):
     """``multi_agent_domain`` through the CLI on one process and on two (gloo): the same round-0 unit rewards
     and the same selection."""
-    common = [
+    args = [
         "method=multi_agent_domain",
         "method.agent_options.domain.field=type",
         "method.reference.field=type",
         "method.reselect_every_n_steps=2",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
         "dataset.params.n_train=160",
-        "dataset.params.n_val=16",
-        "dataset.params.n_test=16",
-        "test=false",
-        "logger=csv",
     ]
-    found = {}
-    for world, extra in ((1, ["trainer.devices=1"]), (2, ["trainer=ddp", "trainer.devices=2"])):
-        cwd = tmp_path / f"world{world}"
-        cwd.mkdir()
-        result = run_cli([*common, *extra, "hydra.run.dir=run"], cwd, cache_dir, timeout=400)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert read_results(cwd / "run")["compute"]["world_size"] == world
-        found[world] = round_zero(cwd / "run")
-    one, two = found[1], found[2]
+    one, two = (rewarded(r) for r in round_zero_on_one_and_two_processes(args, tmp_path, cache_dir))
     assert len(one["rewards"]) == 5  # synthetic_math's five problem types, one unit each
     assert two["rewards"] == one["rewards"]
     assert two["ids_sha256"] == one["ids_sha256"]

@@ -38,7 +38,7 @@ from p3bench.sharded import (
     sharded_spherical_kmeans,
 )
 
-from .conftest import read_results, run_cli, tiny_llama
+from .conftest import round_zero_on_one_and_two_processes, tiny_llama
 
 WORDS = [
     "the",
@@ -371,11 +371,6 @@ def test_two_processes_compute_every_pass_as_one_process(proxy: PerplexityScorer
 # -- a dynamic round through the CLI -------------------------------------------------------------------
 
 
-def round_zero(run_dir: Path) -> dict:
-    rounds = read_results(run_dir)["selection"]["rounds"]
-    return next(r for r in rounds if r["round"] == 0)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method",
@@ -388,28 +383,9 @@ def round_zero(run_dir: Path) -> dict:
 def test_a_two_process_run_selects_round_zero_as_one_process_does(
     method: list[str], tmp_path: Path, cache_dir: Path
 ) -> None:
-    common = [
-        *method,
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
-        "dataset.params.n_train=120",
-        "dataset.params.n_val=16",
-        "dataset.params.n_test=16",
-        "test=false",
-        "logger=csv",
-    ]
-    found = {}
-    for world, extra in ((1, ["trainer.devices=1"]), (2, ["trainer=ddp", "trainer.devices=2"])):
-        cwd = tmp_path / f"world{world}"
-        cwd.mkdir()
-        result = run_cli([*common, *extra, "hydra.run.dir=run"], cwd, cache_dir, timeout=400)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert read_results(cwd / "run")["compute"]["world_size"] == world
-        found[world] = round_zero(cwd / "run")
-    one, two = found[1], found[2]
+    one, two = round_zero_on_one_and_two_processes(
+        [*method, "dataset.params.n_train=120"], tmp_path, cache_dir
+    )
     assert two["n"] == one["n"] > 0
     assert two["ids_sha256"] == one["ids_sha256"]
     assert two["forward_tokens"] == one["forward_tokens"] > 0
