@@ -167,7 +167,7 @@ def _run_algorithm(name: str, X: np.ndarray, k: int, seed: int, neighbours: int)
 
         quality = 1.0 - np.random.default_rng(seed + 1).uniform(0.0, 0.5, X.shape[0])
         result = dpp_select(X, k, quality=quality, kernel=name.removeprefix("dpp_"))
-        return {"picked": int(result.indices.size)}
+        return {"picked": int(result.indices.size), **result.work}  # rbf_blocked: the updates' cost
     if name in ("fl_dense", "fl_knn"):
         from p3bench.algorithms.submodular import maximize
 

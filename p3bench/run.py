@@ -39,6 +39,7 @@ from p3bench.results import (
     write_run_files,
 )
 from p3bench.resume import keep_csv_history, recorded_fit_metrics, set_aside_outdated_results
+from p3bench.throughput import TrainThroughput, throughput_summary
 from p3bench.tracking import SelectionMetrics, log_run_to_wandb
 from p3bench.utils.progress import set_progress_enabled
 
@@ -101,6 +102,7 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SelectionMetrics())  # each selection round's selection/* metrics, to every logger
     callbacks.append(RunState(prepared.identity))  # what a resume checks and reports, in every checkpoint
+    callbacks.append(TrainThroughput())  # examples/s, tokens/s and MFU of the training steps
     trainer_overrides: dict[str, Any] = {
         # a per-epoch dynamic method reloads every epoch and maps the epoch to its round itself, so resuming
         # at any epoch keeps rounds in phase; a step-scheduled one keeps one loader whose sampler switches
@@ -334,8 +336,18 @@ def build_results(
                 "eval": round(eval_seconds, 3),
                 "total": round(time.perf_counter() - wall_start, 3),
             },
-            "device": str(module.device),
+            # the strategy's device: Lightning moves the module back to the CPU when fit and test end
+            "device": str(trainer.strategy.root_device),
             "world_size": int(trainer.world_size),
+            # this process's training and scoring batches: examples/s, tokens/s, MFU (p3bench.throughput)
+            "throughput": throughput_summary(
+                module.throughput,
+                model_size(module.model).total,
+                trainer.strategy.root_device,
+                str(trainer.precision),
+                next(module.model.parameters()).dtype,
+                int(trainer.world_size),
+            ),
         },
         "versions": package_versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),

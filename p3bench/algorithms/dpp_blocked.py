@@ -20,9 +20,22 @@ thousands (a full-rank kernel, where the budget may exceed the embedding dimensi
   ``E = R T^{-T}``, ``T`` being the lower-triangular factor of the picks among themselves; then
   ``d_i^2 -= ||E_i||^2``. That is ``O(N t p)`` in one matrix product instead of ``p`` matrix-vector
   products.
-- **Compaction.** Rows of the factor are kept only for items that can still be picked; once a quarter of
-  the stored rows belong to picked or forced items they are dropped, so later blocks shrink with the
-  candidate set (about 40% less work when ``k`` is two thirds of ``N``).
+- **Setting aside** (``set_aside``, on from :data:`SET_ASIDE_FROM` candidates). The update of item ``i`` matters only while ``i`` could still be
+  the argmax, and the gains picked only decrease: an item whose bound ``d_i^2`` is below the gain of the
+  last pick will never be picked. That gain is not known in advance, so it is predicted from the trend of
+  the gains so far (a power law through the last tenth of the picks, times :data:`LEVEL_MARGIN`), and
+  items below the prediction stop being updated (their rows are parked, :mod:`p3bench.algorithms.dpp_factor`).
+  The prediction decides the speed only: before a pick is taken its gain must beat every set-aside bound,
+  and set-aside items whose bound comes within the last block's fall of the best gain are brought up to
+  date (the steps they missed, in one matrix product and one triangular solve) and compete again.
+  Minoux's lazy greedy does the same for one item at a time. The catch-up rounds differently from the
+  block updates, so two gains equal but for rounding (exact duplicates) may be taken in the other order;
+  otherwise the picks are the same. With the RBF kernel most items fall below the last gain long before
+  the end: at ``N = 100,000``, ``k = 10,000`` the update work falls to about a fifth
+  (``benchmarks/README.md``).
+- **Compaction.** Rows of the factor are kept only for items that can still be picked and are not set
+  aside; once an eighth of the stored rows belong to picked, forced or set-aside items they are dropped,
+  so later blocks shrink with the candidate set.
 
 Forced ("preselected") items are added first, in order, a block at a time through the same update; one
 whose conditional gain is below ``eps`` (in the span of those before it, e.g. a duplicate) is skipped, as
@@ -37,9 +50,10 @@ greedy stops). In float64 the picks are those of
 :func:`~p3bench.algorithms.dpp.greedy_map` (up to rounding on near-ties); in float32 they agree except
 where two gains are within float32 rounding of each other (see ``tests/test_dpp_blocked.py``).
 
-Cost: ``O(N (|forced| + k)^2 / 2)`` multiply-adds in matrix products plus the kernel columns
-(``O(N (|forced| + k) d)`` for an RBF kernel on ``d``-dimensional features), ``N (|forced| + k)`` numbers
-of memory for the factor.
+Cost: at most ``O(N (|forced| + k)^2 / 2)`` multiply-adds in matrix products (setting aside removes the
+rows of items from the point where they fall below the last pick's gain) plus the kernel columns
+(``O(N (|forced| + k) d)`` for an RBF kernel on ``d``-dimensional features); memory: ``N (|forced| + k)``
+numbers for the factor and ``(|forced| + k)^2 / 2`` for the steps' own rows.
 """
 
 from __future__ import annotations
@@ -52,46 +66,37 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from scipy.linalg import solve_triangular
 
 from p3bench.algorithms.dpp_common import DPPResult, check_greedy_inputs, one_blas_thread
+from p3bench.algorithms.dpp_factor import Factor, SetAside
 from p3bench.utils.progress import progress_bar
 
 __all__ = ["ColumnsFn", "greedy_map_blocked"]
 
+#: The set-aside level is the last pick's gain extrapolated by the trend of the gains over the last
+#: ``1 - TREND_SPAN`` of the picks so far, ...
+TREND_SPAN = 0.9
+#: ... times this margin: an item set aside above the last pick's gain is brought back late, after a long
+#: stretch of steps to catch up on, while one set aside a little too low is only updated a little longer.
+#: Tried at N = 100,000, k = 10,000 (``benchmarks/growth.py --point dpp_rbf_blocked``): at 1.0 thousands
+#: of items came back near the end and the greedy was slower than at 0.95; at 0.9 none came back but more
+#: rows stayed updated.
+LEVEL_MARGIN = 0.95
+#: Nothing is set aside before ``k / SET_ASIDE_AFTER`` picks (the gains' early trend does not last).
+SET_ASIDE_AFTER = 8
+#: Set-aside items come back when their bound is within the last block's fall of the best gain, but never
+#: earlier than at this fraction of it.
+BRING_BACK_FLOOR = 0.5
+#: ``set_aside`` is on by default from this many candidates: on smaller pools the catch-up of items brought
+#: back costs about what setting aside saves (the growth benchmark's data at k = N / 10: a little slower at
+#: 6,000, even at 10,000, faster from 20,000).
+SET_ASIDE_FROM = 10_000
+#: At least this many blocks' worth of candidates stay stored (so that windows stay a small part of them).
+KEEP_STORED = 32
+#: The factor is compacted once ``1 / COMPACT_AT`` of its stored rows belong to items picked, forced or set
+#: aside (updated for nothing).
+COMPACT_AT = 8
+
 #: ``columns(rows, cols)``: the kernel block ``L[rows][:, cols]`` (``rows=None``: every item), any float dtype.
 ColumnsFn = Callable[[NDArray[np.int64] | None, NDArray[np.int64]], NDArray[np.floating]]
-
-
-class _Factor:
-    """The partial Cholesky factor ``C`` (rows: live items, columns: steps so far) with compaction."""
-
-    def __init__(self, n: int, steps: int, dtype: np.dtype) -> None:
-        self.data = np.empty((n, max(steps, 1)), dtype=dtype)
-        self.items = np.arange(n)  # the item of each stored row
-        self.slot = np.arange(n)  # the stored row of each item (-1: dropped)
-        self.rows = n  # stored rows
-        self.dead = 0  # stored rows of items that can no longer be picked
-        self.t = 0  # steps (columns) so far
-
-    def of(self, items: NDArray[np.int64]) -> NDArray[np.floating]:
-        """``C[items, :t]`` (a copy)."""
-        return self.data[self.slot[items], : self.t]
-
-    @property
-    def live(self) -> NDArray[np.floating]:
-        return self.data[: self.rows, : self.t]
-
-    def compact(self, alive: NDArray[np.bool_]) -> None:
-        """Drop the stored rows of items not ``alive``. Rows move up only, so a chunked in-place copy is
-        safe and needs no second copy of the factor."""
-        keep = np.flatnonzero(alive[self.items[: self.rows]])
-        chunk = 1024
-        for start in range(0, keep.size, chunk):
-            src = keep[start : start + chunk]
-            self.data[start : start + src.size, : self.t] = self.data[src, : self.t]
-        self.slot[self.items[: self.rows]] = -1
-        self.items[: keep.size] = self.items[keep]
-        self.slot[self.items[: keep.size]] = np.arange(keep.size)
-        self.rows = keep.size
-        self.dead = 0
 
 
 def greedy_map_blocked(
@@ -104,6 +109,8 @@ def greedy_map_blocked(
     eps: float = 1e-10,
     block: int = 64,
     dtype: DTypeLike = np.float32,
+    set_aside: bool | None = None,
+    keep_stored: int | None = None,
     progress: bool = False,
 ) -> DPPResult:
     """Fast greedy MAP (arXiv 1709.05135) with blocked updates, on a kernel given by its diagonal and a
@@ -121,6 +128,11 @@ def greedy_map_blocked(
         block: picks between two full updates (speed only); the window of exact gains grows to at most
             ``8 * block`` items before a block is cut short.
         dtype: of the factor (float32 or float64); the gains are accumulated in float64.
+        set_aside: stop updating the rows of items whose gain bound is below the predicted gain of the
+            last pick, and bring them up to date when the best gain comes near their bound (speed only;
+            see the module docstring). Default: from :data:`SET_ASIDE_FROM` candidates on.
+        keep_stored: at least this many candidates stay stored, never set aside (default
+            ``KEEP_STORED * block``, so that the window of exact gains stays a small part of them).
         progress: a progress bar over the forced items and the picks, updated once per block.
     """
     d2, n, n_cand, forced_idx, k, eps = check_greedy_inputs(diag, k, n_candidates, forced, eps)
@@ -131,6 +143,12 @@ def greedy_map_blocked(
         raise ValueError(f"dtype={dt} is not supported: expected float32 or float64")
     block = int(block)
     max_window = 8 * block
+    if keep_stored is None:
+        keep_stored = KEEP_STORED * block
+    if set_aside is None:
+        set_aside = n_cand >= SET_ASIDE_FROM
+    if isinstance(keep_stored, bool) or not isinstance(keep_stored, (int, np.integer)) or keep_stored < 1:
+        raise ValueError(f"keep_stored={keep_stored!r} is invalid: expected an integer >= 1")
 
     # A residual within rounding of the item's own diagonal is zero: the item is in the span of the picks
     # (an exact duplicate, say). In float32 such residuals are about 1e-8 instead of 0.
@@ -140,8 +158,19 @@ def greedy_map_blocked(
     def clamp(gains: NDArray[np.float64], items: NDArray[np.int64]) -> NDArray[np.float64]:
         return np.where(gains > floor * diag0[items], gains, np.minimum(gains, 0.0))
 
-    factor = _Factor(n, np.unique(forced_idx).size + k, dt)
+    factor = Factor(n, np.unique(forced_idx).size + k, dt)
     alive = np.ones(n, dtype=bool)  # can still be picked (or forced)
+    aside = SetAside(n)
+    work = dict.fromkeys(
+        (
+            "update_multiply_adds",
+            "catch_up_multiply_adds",
+            "all_rows_multiply_adds",
+            "items_set_aside",
+            "items_brought_back",
+        ),
+        0,
+    )
 
     def schur(rows: NDArray[np.int64] | None, cols: NDArray[np.int64]) -> NDArray[np.floating]:
         """``L[rows, cols] - C[rows] C[cols]^T`` in the factor's dtype (``rows=None``: the stored rows)."""
@@ -152,18 +181,28 @@ def greedy_map_blocked(
 
     def commit(picked: NDArray[np.int64], tri: NDArray[np.float64]) -> None:
         """Append the factor columns of ``picked`` (lower-triangular ``tri`` among themselves) for all."""
-        p = picked.size
+        work["update_multiply_adds"] += factor.rows * factor.t * picked.size
+        work["all_rows_multiply_adds"] += int(alive.sum()) * factor.t * picked.size
         e = solve_triangular(tri.astype(dt), schur(None, picked).T, lower=True, check_finite=False).T
-        factor.data[: factor.rows, factor.t : factor.t + p] = e
+        factor.append(picked, tri, e)
         rows = factor.items[: factor.rows]
         d2[rows] -= np.einsum("ij,ij->i", e, e, dtype=np.float64)
         d2[rows] = clamp(d2[rows], rows)
-        factor.t += p
         alive[picked] = False
-        factor.dead += p
         d2[picked] = -math.inf
-        if 4 * factor.dead >= factor.rows:
-            factor.compact(alive)
+        compact_if_wasteful()
+
+    def compact_if_wasteful() -> None:
+        """Once ``1 / COMPACT_AT`` of the stored rows belong to items picked, forced or set aside, drop them (rows
+        of set-aside items are parked first: updates to them stop there)."""
+        stored = factor.items[: factor.rows]
+        idle = ~alive[stored] | aside.mask[stored]
+        if COMPACT_AT * int(idle.sum()) < factor.rows:
+            return
+        parked = stored[alive[stored] & aside.mask[stored]]
+        if parked.size:
+            aside.park(parked, factor)
+        factor.compact(alive & ~aside.mask)
 
     def resolved(gain: float, size: int, order: NDArray[np.int64], pending_picks: int) -> bool:
         """Whether the window's best exact ``gain`` is the argmax over all live items: it beats the upper
@@ -173,6 +212,56 @@ def greedy_map_blocked(
             return True
         bound = float(d2[order[size]])
         return gain > bound or (pending_picks == 0 and gain >= bound)
+
+    aside_bound = -math.inf  # the largest gain bound among the items set aside
+
+    def block_ratio(gains: list[float]) -> float:
+        """How far the gain fell over the last block of picks (1 before one): set-aside items whose bound is
+        within this ratio of the best gain come back together, so that the next block is not cut short."""
+        if len(gains) <= block or gains[-1] <= 0:
+            return 1.0
+        return min(1.0, max(BRING_BACK_FLOOR, gains[-1] / gains[-1 - block]))
+
+    def set_aside_level(best: float, gains: list[float], ratio: float) -> float:
+        """The gain below which items are set aside: the last pick's gain as extrapolated from the recent
+        picks (a power law through the gains at :data:`TREND_SPAN` of the picks so far and now), kept below
+        the bring-back level. A level above the last pick's gain only brings items back, a level far below
+        it keeps them updated: its accuracy decides the speed, never the picks."""
+        m = len(gains)
+        start = int(TREND_SPAN * m)
+        if m < max(2 * block, k // SET_ASIDE_AFTER) or start < 1 or gains[start - 1] <= 0 or gains[-1] <= 0:
+            return -math.inf
+        alpha = math.log(gains[start - 1] / gains[-1]) / math.log(m / start)
+        return min(LEVEL_MARGIN * best * (m / k) ** min(max(alpha, 0.0), 4.0), ratio**2 * best)
+
+    def settle(gains: list[float]) -> None:
+        """At the start of a block (every stored gain exact): bring back every set-aside item whose bound
+        is within the last block's fall of the best gain (repeated, as those can raise the best), then set
+        aside the stored items below :func:`set_aside_level`, keeping ``keep_stored`` stored."""
+        nonlocal aside_bound
+        ratio = block_ratio(gains)
+        while aside.mask.any():
+            stored = alive & ~aside.mask
+            best = float(d2[stored].max()) if stored.any() else float(d2[aside.mask].max())
+            level = best * ratio if best > 0 else best
+            chosen = aside.mask & (d2 >= level)
+            if not chosen.any():
+                break
+            parked_back, multiply_adds = aside.bring_back(chosen, factor, columns, d2, clamp)
+            work["items_brought_back"] += parked_back
+            work["catch_up_multiply_adds"] += multiply_adds
+        stored_items = np.flatnonzero(alive & ~aside.mask)
+        best = float(d2[stored_items].max()) if stored_items.size else -math.inf
+        if set_aside and best > 0:
+            low = stored_items[d2[stored_items] < set_aside_level(best, gains, ratio)]
+            room = stored_items.size - keep_stored
+            if low.size > room:
+                low = low[np.argpartition(d2[low], room - 1)[:room]] if room > 0 else low[:0]
+            if low.size:
+                aside.mask[low] = True
+                work["items_set_aside"] += low.size
+                compact_if_wasteful()
+        aside_bound = float(d2[aside.mask].max()) if aside.mask.any() else -math.inf
 
     total = forced_idx.size + k
     # One BLAS thread: most products are small, where threads only add synchronisation, and on two busy
@@ -207,6 +296,8 @@ def greedy_map_blocked(
         alive[n_cand:] = False
         d2[~alive] = -math.inf
         factor.compact(alive)  # only candidates are stored from here on
+        if set_aside:
+            factor.keep_steps(factor.t + k)
 
         picks: list[int] = []
         gains: list[float] = []
@@ -215,7 +306,8 @@ def greedy_map_blocked(
         window0 = 2 * block
         while len(picks) < k:
             # Start of a block: d2 is exact for every live item. Ties: the lowest index first.
-            live = np.flatnonzero(alive)
+            settle(gains)
+            live = np.flatnonzero(alive & ~aside.mask)
             n_live = live.size
             order = live[np.argsort(-d2[live], kind="stable")]
             size = min(window0, n_live)
@@ -260,6 +352,8 @@ def greedy_map_blocked(
                     gain = float(win_gain[pos])
                 if not resolved(gain, size, order, len(picked_pos)):
                     break  # the window limit was hit: commit the pending picks, start a new block
+                if gain <= aside_bound:
+                    break  # an item set aside may beat it: commit, bring it back, start a new block
                 ties = np.flatnonzero(win_gain == gain)
                 if ties.size > 1:
                     pos = int(ties[np.argmin(window[ties])])
@@ -291,6 +385,9 @@ def greedy_map_blocked(
             if stopped or len(picks) == k:
                 break
             p = len(picked_pos)
-            commit(window[picked_pos], tri[:p, :p])
+            if p:
+                commit(window[picked_pos], tri[:p, :p])
             window0 = max(2 * block, size // 2)
-    return DPPResult(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), stopped)
+    return DPPResult(
+        np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), stopped, work=work
+    )

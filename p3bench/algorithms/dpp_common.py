@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,12 +32,19 @@ class DPPResult:
             ridge fill of :func:`greedy_map_lowrank` (only when every residual is below ``rank_tol``, see
             there; 0 for non-degenerate data) or the picks made after the first restart with
             ``fill="restart"`` (their gains are relative to their own restart).
+        work: what the factor updates of :func:`~p3bench.algorithms.dpp_blocked.greedy_map_blocked` cost
+            (empty for the other greedies): ``update_multiply_adds`` (block updates of the stored rows),
+            ``catch_up_multiply_adds`` (bringing set-aside rows up to date), ``all_rows_multiply_adds``
+            (the block updates had every item still in play been updated), ``items_set_aside`` and
+            ``items_brought_back`` (set-aside items whose parked rows were brought up to date; an item
+            counts each time).
     """
 
     indices: NDArray[np.int64]
     gains: NDArray[np.float64]
     stopped_early: bool
     n_fill: int = 0
+    work: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])

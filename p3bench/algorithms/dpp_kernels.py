@@ -55,6 +55,9 @@ __all__ = [
 #: few thousand picks, which brings back part of the top-k overlap).
 RBF_BLOCKED_BANDWIDTH_SCALE = 2.0
 RBF_BLOCKED_RIDGE = 1e-4
+#: ``RBFColumns`` keeps the gathered features of the last call with at least this many rows (the greedy asks
+#: for the same stored rows block after block until its factor is next compacted).
+GATHER_CACHE_ROWS = 4096
 
 
 class RBFColumns:
@@ -77,13 +80,20 @@ class RBFColumns:
         self.ridge = float(ridge)
         self.inv_h2 = self.dtype.type(1.0 / bandwidth**2)
         self.diagonal = np.asarray(q, dtype=np.float64) ** 2 * (1.0 + self.ridge)
+        # the features of the last large set of rows asked for, kept for the next call with the same rows
+        self._rows: NDArray[np.int64] | None = None
+        self._gathered: tuple[NDArray[np.floating], ...] = ()
 
     def __call__(self, rows: NDArray[np.int64] | None, cols: NDArray[np.int64]) -> NDArray[np.floating]:
         span = _contiguous(rows, self.X.shape[0])
         if span is not None:  # a run of consecutive items (all of them before any is dropped): views, no copy
             Xr, sr, qr = self.X[span], self.sq[span], self.q[span]
+        elif self._rows is not None and rows.size == self._rows.size and np.array_equal(rows, self._rows):
+            Xr, sr, qr = self._gathered  # the same rows as the last large call (the greedy's stored rows)
         else:
             Xr, sr, qr = self.X[rows], self.sq[rows], self.q[rows]
+            if rows.size >= GATHER_CACHE_ROWS:
+                self._rows, self._gathered = rows.copy(), (Xr, sr, qr)
         out = Xr @ self.X[cols].T  # -||x_i - x_j||^2 / 2 = <x_i, x_j> - |x_i|^2 / 2 - |x_j|^2 / 2
         out -= 0.5 * sr[:, None]
         out -= 0.5 * self.sq[cols][None, :]

@@ -467,6 +467,7 @@ class P3(SelectionDataModule):
             "dpp_conditioned_on": len(conditioned),
             "dpp_stopped_early": bool(outcome.stopped_early),
             "dpp_topped_up_at_random": topped_up,
+            **{f"dpp_{name}": int(value) for name, value in outcome.work.items()},  # rbf_blocked's cost
             **self._diversity(ctx, features, chosen, candidates, scores),
         }
         return chosen, info, tokens

@@ -29,6 +29,7 @@ from p3bench.execution.metrics import pass_at_k
 from p3bench.models.collate import IGNORE_INDEX
 from p3bench.models.losses import per_example_nll, target_token_counts
 from p3bench.stats.intervals import mean_and_se, wilson_interval
+from p3bench.throughput import Throughput
 
 #: the most logits (batch rows x positions x vocabulary) one teacher-forced test forward holds at once
 TEACHER_FORCED_LOGITS_BUDGET = 2**27
@@ -81,6 +82,8 @@ class SelectionLM(pl.LightningModule):
         self.train_tokens = 0
         self.train_target_tokens = 0
         self.train_examples = 0
+        # this process's timed training and scoring batches (p3bench.throughput)
+        self.throughput = Throughput()
         self.test_records: list[dict[str, Any]] = []
         self._val_nll = 0.0
         self._val_tokens = 0

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from p3bench.data.example import Example
 from p3bench.models.collate import IGNORE_INDEX, EncodedPool, EncodedSubset, TrainCollator
+from p3bench.throughput import synchronize
 from p3bench.utils.progress import progress_bar
 
 
@@ -222,6 +223,7 @@ def forward_pass(
     model = module.model
     device = module.device
     was_training = model.training
+    times = getattr(module, "throughput", None)
     model.eval()
     collected: dict[str, list[np.ndarray]] = {}
     order: list[int] = []
@@ -239,10 +241,12 @@ def forward_pass(
             progress_bar(total=len(positions), desc=description, unit="example", enabled=progress) as bar,
         ):
             upcoming = prefetch.submit(prepare, batches[0]) if batches else None
+            synchronize(device)  # work queued before the pass is not its time
             for n, batch_positions in enumerate(batches):
                 batch = upcoming.result()
                 if n + 1 < len(batches):
                     upcoming = prefetch.submit(prepare, batches[n + 1])
+                batch_start = time.perf_counter()
                 outputs = model(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
@@ -250,7 +254,11 @@ def forward_pass(
                 )
                 for key, value in row_function(batch, outputs).items():
                     collected.setdefault(key, []).append(value.float().cpu().numpy())
-                tokens += int(batch["attention_mask"].sum())
+                batch_tokens = int(batch["attention_mask"].sum())
+                tokens += batch_tokens
+                if times is not None:  # the run model's passes: p3bench.throughput
+                    synchronize(device)
+                    times.scoring.add(len(batch_positions), batch_tokens, time.perf_counter() - batch_start)
                 order.extend(positions[p] for p in batch_positions)
                 bar.update(len(batch_positions))
     finally:
