@@ -248,7 +248,7 @@ def test_help_lists_config_groups_and_choices(tmp_path: Path, cache_dir: Path):
         assert line in done.stdout, done.stdout[:2000]
     for line in (
         "dataset: alpaca, apps, c4, corpus_files, dolly, gsm8k, gsm8k_instruct, gutenberg, instruction_transfer, math,",
-        "model: hf, llama_1p3b, micro, tiny",
+        "model: hf, llama_113m, llama_1p3b, micro, tiny",
     ):
         assert line in done.stdout, done.stdout[:2000]
 

@@ -53,7 +53,9 @@ where two gains are within float32 rounding of each other (see ``tests/test_dpp_
 Cost: at most ``O(N (|forced| + k)^2 / 2)`` multiply-adds in matrix products (setting aside removes the
 rows of items from the point where they fall below the last pick's gain) plus the kernel columns
 (``O(N (|forced| + k) d)`` for an RBF kernel on ``d``-dimensional features); memory: ``N (|forced| + k)``
-numbers for the factor and ``(|forced| + k)^2 / 2`` for the steps' own rows.
+numbers for the factor, and with setting aside up to as much again for the parked rows (copies; the
+factor's rows stay allocated), ``k (|forced| + k)`` for the picks' own rows (half of it written), and
+``RBFColumns``' copy of the stored rows' features (``N d``).
 """
 
 from __future__ import annotations
