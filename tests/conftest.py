@@ -58,9 +58,10 @@ def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path) -> D
     return cfg
 
 
-def run_cli(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m p3bench ARGS`` in ``cwd`` as a user would, offline, with the shared cache."""
-    env = {
+def cli_env(cache_dir: Path) -> dict[str, str]:
+    """The environment the tests run ``p3bench`` in as a user would: offline, the shared data and cache,
+    one thread, wandb quiet."""
+    return {
         **os.environ,
         "P3BENCH_CACHE_DIR": str(cache_dir),
         "P3BENCH_DATA_DIR": str(SHARED_DATA),
@@ -71,10 +72,14 @@ def run_cli(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 300) -> 
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def run_cli(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m p3bench ARGS`` in ``cwd`` as a user would, offline, with the shared cache."""
     return subprocess.run(
         [sys.executable, "-m", "p3bench", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(cache_dir),
         capture_output=True,
         text=True,
         timeout=timeout,

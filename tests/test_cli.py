@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from p3bench.cli import group_choices
 from p3bench.errors import EXIT_INTERRUPTED
 
-from .conftest import SHARED_DATA, find_run_dirs, read_results, run_cli
+from .conftest import cli_env, find_run_dirs, read_results, run_cli
 
 SMOKE = ["debug=smoke", "hydra.run.dir=run"]
 
@@ -278,18 +277,10 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, cache_dir: Path):
 
 def start_cli(args: list[str], cwd: Path, cache_dir: Path) -> subprocess.Popen:
     """``python -m p3bench ARGS`` started in the background, with the environment of :func:`run_cli`."""
-    env = {
-        **os.environ,
-        "P3BENCH_CACHE_DIR": str(cache_dir),
-        "P3BENCH_DATA_DIR": str(SHARED_DATA),
-        "WANDB_SILENT": "true",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
     return subprocess.Popen(
         [sys.executable, "-m", "p3bench", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(cache_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

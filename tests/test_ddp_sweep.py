@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import SHARED_DATA, read_results, run_cli
+from .conftest import cli_env, read_results, run_cli
 from .test_sweeps import job_dirs, plugin_installed, skipped_lines
 
 DDP_SWEEP = [
@@ -107,12 +107,7 @@ def test_ddp_jobs_through_submitit_local_and_relaunch(tmp_path: Path, cache_dir:
 def slurm_task(rank: int, args: list[str], cwd: Path, cache_dir: Path) -> subprocess.Popen:
     """One task of a two-task SLURM job on one node running ``p3bench ARGS`` (what srun gives each task)."""
     env = {
-        **os.environ,
-        "P3BENCH_CACHE_DIR": str(cache_dir),
-        "P3BENCH_DATA_DIR": str(SHARED_DATA),
-        "WANDB_SILENT": "true",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
+        **cli_env(cache_dir),
         "SLURM_NTASKS": "2",
         "SLURM_NTASKS_PER_NODE": "2",
         "SLURM_PROCID": str(rank),

@@ -18,7 +18,7 @@ from p3bench.checkpoints import AtomicCheckpointIO, load_checkpoint
 from p3bench.errors import CheckpointError
 from p3bench.resume import identity_differences, run_identity
 
-from .conftest import SHARED_DATA, compose_config, read_results, run_cli
+from .conftest import cli_env, compose_config, read_results, run_cli
 
 #: a few batches of the smoke run: seconds per run
 FAST = ["debug=smoke", "budget=0.5", "hydra.run.dir=run", "test=false", "trainer.limit_val_batches=1"]
@@ -194,17 +194,10 @@ def test_full_disk_while_checkpointing_leaves_whole_checkpoints(tmp_path: Path, 
         f"mount -t tmpfs -o size=450k tmpfs {disk} && {{ {' '.join(command)}; rc=$?; "
         f"cp -a {disk / 'run'} {kept}; exit $rc; }}"
     )
-    env = {
-        **os.environ,
-        "P3BENCH_CACHE_DIR": str(cache_dir),
-        "P3BENCH_DATA_DIR": str(SHARED_DATA),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
     done = subprocess.run(
         ["unshare", "-m", "sh", "-c", script],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(cache_dir),
         capture_output=True,
         text=True,
         timeout=300,
